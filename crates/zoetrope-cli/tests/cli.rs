@@ -1,0 +1,216 @@
+//! End-to-end tests of the `zoetrope` binary: what a user types, what a user sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn zoetrope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zoetrope"))
+        .args(args)
+        .output()
+        .expect("the zoetrope binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failing command prints exactly one `error:` line mentioning every `needle`, and no panic.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(!err.contains("backtrace"), "backtrace shown: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn world_sample_writes_a_clip_and_prints_a_parsable_caption() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    let out = zoetrope(&[
+        "world",
+        "sample",
+        "--seed",
+        "7",
+        "--size",
+        "96x64",
+        "--frames",
+        "17",
+        "-o",
+        path_str(&clip),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let caption = stdout(&out).trim().to_string();
+    assert!(!caption.is_empty());
+    let video = zoetrope_video::read_video(&clip).unwrap();
+    assert_eq!((video.width(), video.height(), video.len()), (96, 64, 17));
+
+    // The printed caption describes the clip: the evaluator agrees.
+    let out = zoetrope(&["eval", "world", path_str(&clip), "--prompt", &caption]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let total_line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .expect("a total line");
+    let pct: f64 = total_line
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix('%').and_then(|n| n.parse().ok()))
+        .expect("a percentage");
+    assert!(pct >= 95.0, "ground truth scored {pct}%:\n{table}");
+}
+
+#[test]
+fn same_seed_same_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.y4m");
+    let b = dir.path().join("b.y4m");
+    for p in [&a, &b] {
+        let out = zoetrope(&[
+            "world",
+            "sample",
+            "--seed",
+            "3",
+            "--frames",
+            "5",
+            "-o",
+            path_str(p),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn dataset_writes_clips_and_manifest_and_batch_eval_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = zoetrope(&[
+        "world",
+        "dataset",
+        "--count",
+        "3",
+        "--out",
+        path_str(&data),
+        "--format",
+        "png",
+        "--size",
+        "64x64",
+        "--frames",
+        "9",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(data.join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.lines().count(), 3);
+
+    let report = dir.path().join("report.json");
+    let out = zoetrope(&[
+        "eval",
+        "world",
+        "--batch",
+        path_str(&data.join("manifest.jsonl")),
+        "--json",
+        path_str(&report),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 3);
+    assert!(
+        json["summary"]["mean_total"].as_f64().unwrap() >= 0.95,
+        "{json}"
+    );
+}
+
+#[test]
+fn unknown_extension_lists_supported_formats() {
+    let out = zoetrope(&["world", "sample", "-o", "clip.avi"]);
+    assert_clean_error(&out, &[".avi", ".mp4", ".gif"]);
+}
+
+#[test]
+fn impossible_size_names_the_allowed_range() {
+    let out = zoetrope(&[
+        "world",
+        "sample",
+        "--size",
+        "4x4",
+        "-o",
+        "never-written.mp4",
+    ]);
+    assert_clean_error(&out, &["4x4"]);
+    assert!(!Path::new("never-written.mp4").exists());
+}
+
+#[test]
+fn malformed_size_says_how_to_write_it() {
+    let out = zoetrope(&["world", "sample", "--size", "big", "-o", "x.mp4"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("WIDTHxHEIGHT"), "{}", stderr(&out));
+}
+
+#[test]
+fn zero_frames_is_an_error() {
+    let out = zoetrope(&["world", "sample", "--frames", "0", "-o", "never.mp4"]);
+    assert_clean_error(&out, &["frame"]);
+}
+
+#[test]
+fn unreadable_video_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.mp4");
+    std::fs::write(&bogus, b"this is not a video").unwrap();
+    let out = zoetrope(&[
+        "eval",
+        "world",
+        path_str(&bogus),
+        "--prompt",
+        "a red ball on black",
+    ]);
+    assert_clean_error(&out, &["bogus.mp4"]);
+    let missing = dir.path().join("missing.mp4");
+    let out = zoetrope(&[
+        "eval",
+        "world",
+        path_str(&missing),
+        "--prompt",
+        "a red ball on black",
+    ]);
+    assert_clean_error(&out, &["missing.mp4"]);
+}
+
+#[test]
+fn unparsable_prompt_names_the_unknown_words() {
+    let out = zoetrope(&["world", "parse", "a red zeppelin hovers over the moon"]);
+    assert_clean_error(&out, &["zeppelin", "hovers"]);
+}
+
+#[test]
+fn generate_without_a_model_says_so() {
+    let out = zoetrope(&[
+        "generate",
+        "a red ball bounces to the right",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&out, &["no video model"]);
+}
