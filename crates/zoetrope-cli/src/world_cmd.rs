@@ -127,8 +127,11 @@ pub fn run_world(cmd: WorldCommand) -> anyhow::Result<()> {
         } => {
             Format::from_path(&output)?;
             let (scene, caption) = scene_for(seed, prompt.as_deref())?;
-            let video = render(&scene, &clip.options())?;
-            progress::with_spinner("writing", || write_video(&output, &video))?;
+            progress::with_spinner("rendering", || {
+                render(&scene, &clip.options())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|video| write_video(&output, &video).map_err(anyhow::Error::from))
+            })?;
             println!("{caption}");
             Ok(())
         }
@@ -171,8 +174,9 @@ pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
         (Some(batch), _, _) => eval_batch(batch, args.json.as_deref()),
         (None, Some(video), Some(prompt)) => {
             let query = caption::parse(prompt)?;
-            let clip = read_video(video)?;
-            let mut report = eval::evaluate(&clip, &query);
+            let mut report = progress::with_spinner("evaluating", || {
+                read_video(video).map(|clip| eval::evaluate(&clip, &query))
+            })?;
             report.prompt = Some(prompt.clone());
             print!("{}", report.table());
             if let Some(json) = &args.json {

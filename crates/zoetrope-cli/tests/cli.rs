@@ -157,7 +157,7 @@ fn impossible_size_names_the_allowed_range() {
         "-o",
         "never-written.mp4",
     ]);
-    assert_clean_error(&out, &["4x4"]);
+    assert_clean_error(&out, &["width", "16 to 4096"]);
     assert!(!Path::new("never-written.mp4").exists());
 }
 

@@ -24,7 +24,11 @@ impl Frame {
         for _ in 0..n {
             data.extend_from_slice(&rgb);
         }
-        Self { width, height, data }
+        Self {
+            width,
+            height,
+            data,
+        }
     }
 
     /// Wraps packed RGB bytes; the length must be `width * height * 3`.
@@ -39,7 +43,11 @@ impl Frame {
                 data.len()
             )));
         }
-        Ok(Self { width, height, data })
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
     }
 
     pub fn width(&self) -> u32 {
