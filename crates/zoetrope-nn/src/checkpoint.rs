@@ -306,11 +306,11 @@ impl SimpleBackend for Checkpoint {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        Ok(self.load_shaped(name, &s, dev)?.to_dtype(dtype)?)
+        self.load_shaped(name, &s, dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        Ok(self.load(name, dev)?.to_dtype(dtype)?)
+        self.load(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

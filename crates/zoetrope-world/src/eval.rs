@@ -386,7 +386,7 @@ fn perceive(video: &Video, query: &SceneQuery) -> Seen {
         let bg = (share >= BACKGROUND_MIN_SHARE).then_some(Colour::ALL[best]);
         dominant.push((bg, share));
         for (o, obj) in query.objects.iter().enumerate() {
-            blobs[o].push(find_blob(&labels, w, h, obj.colour));
+            blobs[o].push(find_blob(frame, &labels, obj.colour));
         }
     }
     Seen {
@@ -430,7 +430,8 @@ fn label_frame(frame: &Frame, labels: &mut [u8]) -> [usize; Colour::ALL.len()] {
 }
 
 /// The largest solid, plausibly sized blob of `colour`, if any.
-fn find_blob(labels: &[u8], w: usize, h: usize, colour: Colour) -> Option<Blob> {
+fn find_blob(frame: &Frame, labels: &[u8], colour: Colour) -> Option<Blob> {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
     let want = Colour::ALL
         .iter()
         .position(|&c| c == colour)
@@ -467,6 +468,8 @@ fn find_blob(labels: &[u8], w: usize, h: usize, colour: Colour) -> Option<Blob> 
     let mut id = 0u32;
     let mut stack = Vec::new();
     let mut best: Option<Blob> = None;
+    // The winning component's id and box, to judge its shape once it is known to have won.
+    let mut best_box = (0u32, (0, 0), (0, 0));
     for start in 0..w * h {
         if !mask[start] || seen[start] != 0 {
             continue;
@@ -507,6 +510,7 @@ fn find_blob(labels: &[u8], w: usize, h: usize, colour: Colour) -> Option<Blob> 
             continue;
         }
         let (bw, bh) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
+        best_box = (id, (x0, x1), (y0, y1));
         best = Some(Blob {
             area,
             pixels: n,
@@ -519,8 +523,14 @@ fn find_blob(labels: &[u8], w: usize, h: usize, colour: Colour) -> Option<Blob> 
             at_border: x0 == 0 || y0 == 0 || x1 + 1 == w || y1 + 1 == h,
             fill: n as f64 / (bw * bh),
             aspect: bw / bh,
-            shape: best_template(|x, y| seen[y * w + x] == id, (x0, x1), (y0, y1)),
+            // Judged below, for the winner only.
+            shape: Shape::Circle,
         });
+    }
+    let (id, xs, ys) = best_box;
+    if let Some(b) = best.as_mut() {
+        b.shape = fit_shape(frame, labels, want, xs, ys)
+            .unwrap_or_else(|| best_template(|x, y| seen[y * w + x] == id, xs, ys));
     }
     best
 }
