@@ -1,0 +1,4 @@
+//! Model families. Each module wires a family's parts (text encoder, transformer, VAE) to the
+//! shared samplers.
+
+pub mod wan;
