@@ -1,5 +1,6 @@
 //! The `zoetrope` command: a thin layer of argument parsing and presentation over the libraries.
 
+mod generate;
 mod progress;
 mod world_cmd;
 
@@ -18,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate a video from a text prompt.
-    Generate(GenerateArgs),
+    Generate(generate::GenerateArgs),
     /// The procedural world: sample clips, write datasets, parse captions.
     #[command(subcommand)]
     World(world_cmd::WorldCommand),
@@ -56,57 +57,9 @@ fn strip(args: StripArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-struct GenerateArgs {
-    /// What the video should show, e.g. "a red ball bounces to the right on a black background".
-    prompt: String,
-    /// Output file; the format follows the extension (.mp4, .gif, .png, .y4m, or a folder/).
-    #[arg(short, long, default_value = "out.mp4")]
-    output: std::path::PathBuf,
-    /// Model folder to load instead of the built-in model.
-    #[arg(long)]
-    model: Option<std::path::PathBuf>,
-    /// Frame size as WIDTHxHEIGHT.
-    #[arg(long, value_parser = world_cmd::parse_size)]
-    size: Option<(u32, u32)>,
-    /// Number of frames.
-    #[arg(long)]
-    frames: Option<usize>,
-    /// Frames per second of the output.
-    #[arg(long)]
-    fps: Option<f64>,
-    /// Denoising steps.
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Classifier-free guidance scale.
-    #[arg(long)]
-    guidance: Option<f64>,
-    /// Random seed for the initial noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-}
-
-fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    // Validate what can be validated now, so the user learns about bad input before anything else.
-    zoetrope_video::Format::from_path(&args.output)?;
-    if let Some(model) = &args.model {
-        if !model.exists() {
-            anyhow::bail!(
-                "model folder {} does not exist: pass the folder that holds the model's config and weights",
-                model.display()
-            );
-        }
-    }
-    anyhow::bail!(
-        "no video model is available in this build yet: the built-in world model and Wan 2.1 loading are \
-         still being written. Meanwhile `zoetrope world sample -o clip.mp4` renders a ground-truth clip \
-         of the procedural world"
-    )
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate::run(args),
         Command::World(cmd) => world_cmd::run_world(cmd),
         Command::Eval(cmd) => world_cmd::run_eval(cmd),
         Command::Strip(args) => strip(args),

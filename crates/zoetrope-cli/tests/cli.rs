@@ -212,5 +212,147 @@ fn generate_without_a_model_says_so() {
         "-o",
         "never.mp4",
     ]);
-    assert_clean_error(&out, &["no video model"]);
+    assert_clean_error(&out, &["no built-in video model", "--model"]);
+}
+
+fn wan_fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
+}
+
+/// `generate --model` on the tiny random-weight Wan model from the reference's initial latents
+/// writes the reference's video (tools/parity made both).
+#[test]
+fn generate_with_wan_folder_matches_reference_video() {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let refs =
+        candle_core::safetensors::load(wan_fixtures().join("pipeline_ref.safetensors"), &dev)
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents".to_string(), refs["latents_init"].clone())]),
+        &latents,
+    )
+    .unwrap();
+    let out = dir.path().join("video.safetensors");
+    let model = wan_fixtures().join("tiny");
+    let o = zoetrope(&[
+        "generate",
+        "A cat walks on the grass, realistic style.",
+        "--model",
+        path_str(&model),
+        "--negative-prompt",
+        "blurry, low quality, static, distorted",
+        "--size",
+        "48x32",
+        "--frames",
+        "9",
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--sampler",
+        "unipc",
+        "--text-length",
+        "32",
+        "--latents",
+        path_str(&latents),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &dev).unwrap()["video"].clone();
+    let want: Tensor = refs["unipc_cfg_video"]
+        .squeeze(0)
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let err = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let err = err.to_scalar::<f32>().unwrap();
+    assert!(err <= 1e-3, "video differs from the reference by {err}");
+
+    // The same run to MP4 gives a playable clip of the right size.
+    let mp4 = dir.path().join("video.mp4");
+    let o = zoetrope(&[
+        "generate",
+        "a cat",
+        "--model",
+        path_str(&model),
+        "--size",
+        "48x32",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--text-length",
+        "32",
+        "-o",
+        path_str(&mp4),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = zoetrope_video::read_video(&mp4).unwrap();
+    assert_eq!((v.width(), v.height(), v.len()), (48, 32, 9));
+}
+
+#[test]
+fn generate_rejects_impossible_wan_sizes_and_bad_latents() {
+    let model = wan_fixtures().join("tiny");
+    let o = zoetrope(&[
+        "generate",
+        "a cat",
+        "--model",
+        path_str(&model),
+        "--size",
+        "50x32",
+        "--frames",
+        "9",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["multiple of 16", "48x32"]);
+    let o = zoetrope(&[
+        "generate",
+        "a cat",
+        "--model",
+        path_str(&model),
+        "--size",
+        "48x32",
+        "--frames",
+        "8",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["4k+1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"nope").unwrap();
+    let o = zoetrope(&[
+        "generate",
+        "a cat",
+        "--model",
+        path_str(&model),
+        "--latents",
+        path_str(&bad),
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["bad.safetensors"]);
+    let o = zoetrope(&[
+        "generate",
+        "a cat",
+        "--model",
+        path_str(dir.path()),
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["model_index.json"]);
 }

@@ -1,0 +1,328 @@
+//! Wan 2.1 text-to-video, top to bottom: prompt → umT5 → transformer + sampler → VAE → frames.
+//!
+//! Computes what diffusers' `WanPipeline.__call__` computes, so that given the same initial
+//! latents the two produce the same video (tests/wan_pipeline.rs checks this on the tiny model).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use zoetrope_sampling::{SamplerKind, SchedulerConfig};
+
+use super::text::{TextEncoder, TextError, WAN_MAX_SEQUENCE_LENGTH};
+use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use super::vae::AutoencoderKLWan;
+
+/// The VAE's spatial and temporal compression (8× in space, 4× in time, first frame alone).
+pub const VAE_SCALE_SPATIAL: usize = 8;
+pub const VAE_SCALE_TEMPORAL: usize = 4;
+
+/// Errors from loading or running the Wan pipeline; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum WanError {
+    #[error("{}: {reason}", path.display())]
+    Model { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Request(String),
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Scheduler(#[from] zoetrope_sampling::SchedulerError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = WanError> = std::result::Result<T, E>;
+
+/// One generation: what the CLI and the server hand to the pipeline.
+#[derive(Clone, Debug)]
+pub struct WanRequest {
+    pub prompt: String,
+    /// Used only with guidance > 1; empty means "" as in diffusers.
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less turns guidance off (one transformer call a step).
+    pub guidance: f64,
+    pub seed: u64,
+    /// Initial noise `[1, C, T, h, w]`; drawn from `seed` when absent.
+    pub latents: Option<Tensor>,
+    /// Override the folder's scheduler.
+    pub sampler: Option<SamplerKind>,
+    pub shift: Option<f64>,
+}
+
+impl WanRequest {
+    /// Defaults of Wan2.1-T2V-1.3B's reference settings: 832×480, 81 frames, 50 steps, guidance 5.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            width: 832,
+            height: 480,
+            frames: 81,
+            steps: 50,
+            guidance: 5.0,
+            seed: 0,
+            latents: None,
+            sampler: None,
+            shift: None,
+        }
+    }
+
+    /// The latent grid `(T, h, w)` for this request, or an error naming the allowed values.
+    pub fn latent_grid(&self, patch: (usize, usize)) -> Result<(usize, usize, usize)> {
+        let (sh, sw) = (VAE_SCALE_SPATIAL * patch.0, VAE_SCALE_SPATIAL * patch.1);
+        if self.width == 0 || self.height == 0 || self.width % sw != 0 || self.height % sh != 0 {
+            let round = |v: usize, m: usize| ((v + m / 2) / m).max(1) * m;
+            return Err(WanError::Request(format!(
+                "size {}x{} is impossible for Wan: width must be a multiple of {sw} and height a multiple of {sh}; \
+                 the nearest allowed size is {}x{}",
+                self.width,
+                self.height,
+                round(self.width, sw),
+                round(self.height, sh)
+            )));
+        }
+        if self.frames == 0 || (self.frames - 1) % VAE_SCALE_TEMPORAL != 0 {
+            let lower = self.frames.saturating_sub(1) / VAE_SCALE_TEMPORAL * VAE_SCALE_TEMPORAL + 1;
+            return Err(WanError::Request(format!(
+                "{} frames is impossible for Wan: the frame count must be 4k+1 (1, 5, 9, …, 81); try {} or {}",
+                self.frames,
+                lower,
+                lower + VAE_SCALE_TEMPORAL
+            )));
+        }
+        if self.steps == 0 {
+            return Err(WanError::Request(
+                "steps must be at least 1 (Wan's reference uses 50)".into(),
+            ));
+        }
+        Ok((
+            (self.frames - 1) / VAE_SCALE_TEMPORAL + 1,
+            self.height / VAE_SCALE_SPATIAL,
+            self.width / VAE_SCALE_SPATIAL,
+        ))
+    }
+}
+
+/// Where the pipeline is, for progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    EncodingText,
+    Denoising { step: usize, steps: usize },
+    Decoding { frame: usize, frames: usize },
+}
+
+/// A loaded Wan 2.1 pipeline. The text encoder is loaded for each request and dropped before the
+/// denoising loop, so its weights (umT5-XXL: ~11 GB in bf16) never sit beside the transformer's
+/// activations.
+pub struct WanPipeline {
+    dir: PathBuf,
+    transformer: WanTransformer3DModel,
+    vae: AutoencoderKLWan,
+    scheduler: SchedulerConfig,
+    device: Device,
+    dtype: DType,
+    max_sequence_length: usize,
+}
+
+impl WanPipeline {
+    /// Loads a diffusers-format folder (model_index.json, transformer/, vae/, text_encoder/,
+    /// tokenizer/, scheduler/). `dtype` is the compute dtype of the transformer and text encoder;
+    /// the VAE runs in f32, as Wan's reference does.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let index = dir.join("model_index.json");
+        let text = std::fs::read_to_string(&index).map_err(|e| WanError::Model {
+            path: index.clone(),
+            reason: format!("{e}: pass a diffusers-format Wan folder (it holds model_index.json)"),
+        })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| WanError::Model {
+            path: index.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        let class = json
+            .get("_class_name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if class != "WanPipeline" {
+            return Err(WanError::Model {
+                path: index,
+                reason: format!(
+                    "pipeline class is '{class}', but only WanPipeline (Wan 2.1 text-to-video) is supported"
+                ),
+            });
+        }
+        if json
+            .get("transformer_2")
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| a.first().is_some_and(|c| !c.is_null()))
+        {
+            return Err(WanError::Model {
+                path: index,
+                reason: "this folder has a second transformer (Wan 2.2's two experts), which is not supported yet".into(),
+            });
+        }
+        let transformer =
+            WanTransformer3DModel::load_diffusers(&dir.join("transformer"), dtype, device)
+                .map_err(|e| model_error(dir, "transformer", e))?;
+        let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, device)
+            .map_err(|e| model_error(dir, "vae", e))?;
+        let scheduler =
+            SchedulerConfig::from_file(dir.join("scheduler").join("scheduler_config.json"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            transformer,
+            vae,
+            scheduler,
+            device: device.clone(),
+            dtype,
+            max_sequence_length: WAN_MAX_SEQUENCE_LENGTH,
+        })
+    }
+
+    /// Text length the prompts are padded to (512 for real Wan; the tiny test model uses less).
+    pub fn set_max_sequence_length(&mut self, len: usize) {
+        self.max_sequence_length = len;
+    }
+
+    pub fn transformer_config(&self) -> &WanTransformerConfig {
+        self.transformer.config()
+    }
+
+    pub fn transformer(&self) -> &WanTransformer3DModel {
+        &self.transformer
+    }
+
+    pub fn vae(&self) -> &AutoencoderKLWan {
+        &self.vae
+    }
+
+    /// Encodes the prompt (and the negative prompt when guiding) with a text encoder that is
+    /// loaded now and dropped on return.
+    pub fn encode_prompts(&self, req: &WanRequest) -> Result<(Tensor, Option<Tensor>)> {
+        let text = TextEncoder::from_pipeline_dir(
+            &self.dir,
+            self.dtype,
+            &self.device,
+            self.max_sequence_length,
+        )?;
+        let cond = text.encode(&[req.prompt.as_str()])?.to_dtype(self.dtype)?;
+        let uncond = if req.guidance > 1.0 {
+            Some(
+                text.encode(&[req.negative_prompt.as_str()])?
+                    .to_dtype(self.dtype)?,
+            )
+        } else {
+            None
+        };
+        Ok((cond, uncond))
+    }
+
+    /// Initial noise for a request: given latents (checked against the request's grid) or
+    /// standard normal noise from the seed.
+    pub fn initial_latents(&self, req: &WanRequest) -> Result<Tensor> {
+        let cfg = self.transformer.config();
+        let (t, h, w) = req.latent_grid((cfg.patch_size[1], cfg.patch_size[2]))?;
+        let shape = [1, cfg.in_channels, t, h, w];
+        match &req.latents {
+            Some(l) => {
+                if l.dims() != shape {
+                    return Err(WanError::Request(format!(
+                        "given latents have shape {:?}, but {}x{} with {} frames needs {:?}",
+                        l.dims(),
+                        req.width,
+                        req.height,
+                        req.frames,
+                        shape
+                    )));
+                }
+                Ok(l.to_dtype(DType::F32)?.to_device(&self.device)?)
+            }
+            None => {
+                let n: usize = shape.iter().product();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(req.seed);
+                let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+                Ok(Tensor::from_vec(noise, &shape[..], &self.device)?)
+            }
+        }
+    }
+
+    /// Runs the sampler from `latents` with the given text embeddings; returns the final latents
+    /// (f32, the diffusion model's normalised space).
+    pub fn denoise(
+        &self,
+        req: &WanRequest,
+        mut latents: Tensor,
+        cond: &Tensor,
+        uncond: Option<&Tensor>,
+        progress: &mut dyn FnMut(Stage),
+    ) -> Result<Tensor> {
+        let mut scheduler = self
+            .scheduler
+            .clone()
+            .with_overrides(req.sampler, req.shift)
+            .build()?;
+        scheduler.set_timesteps(req.steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            progress(Stage::Denoising {
+                step: i,
+                steps: timesteps.len(),
+            });
+            let x = latents.to_dtype(self.dtype)?;
+            let t = Tensor::new(&[t as f32], &self.device)?;
+            let mut v = self.transformer.forward(&x, &t, cond)?;
+            if let Some(uncond) = uncond {
+                // uncond + g·(cond − uncond), two separate calls, as the reference does.
+                let v_uncond = self.transformer.forward(&x, &t, uncond)?;
+                v = (&v_uncond + ((v - &v_uncond)? * req.guidance)?)?;
+            }
+            latents = scheduler.step(&v, i, &latents)?;
+        }
+        progress(Stage::Denoising {
+            step: timesteps.len(),
+            steps: timesteps.len(),
+        });
+        Ok(latents)
+    }
+
+    /// Decodes final latents to frames `[F, 3, H, W]`, f32 in [0, 1], one latent frame at a time.
+    pub fn decode(&self, latents: &Tensor, progress: &mut dyn FnMut(Stage)) -> Result<Tensor> {
+        let z = self
+            .vae
+            .denormalize_latents(&latents.to_dtype(DType::F32)?)?;
+        let latent_frames = z.dim(2)?;
+        let mut chunks = Vec::with_capacity(latent_frames);
+        self.vae.decode_with(&z, |x| {
+            progress(Stage::Decoding {
+                frame: chunks.len(),
+                frames: latent_frames,
+            });
+            // [1, 3, n, H, W] in [-1, 1] → [n, 3, H, W] in [0, 1].
+            let x = ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+            chunks.push(x.squeeze(0)?.permute((1, 0, 2, 3))?.contiguous()?);
+            Ok(())
+        })?;
+        Ok(Tensor::cat(&chunks, 0)?)
+    }
+
+    /// Text → video: frames `[F, 3, H, W]`, f32 in [0, 1].
+    pub fn generate(&self, req: &WanRequest, progress: &mut dyn FnMut(Stage)) -> Result<Tensor> {
+        let latents = self.initial_latents(req)?;
+        progress(Stage::EncodingText);
+        let (cond, uncond) = self.encode_prompts(req)?;
+        let latents = self.denoise(req, latents, &cond, uncond.as_ref(), progress)?;
+        self.decode(&latents, progress)
+    }
+}
+
+fn model_error(dir: &Path, part: &str, e: candle_core::Error) -> WanError {
+    WanError::Model {
+        path: dir.join(part),
+        reason: e.to_string(),
+    }
+}
