@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use zoetrope_models::wan::pipeline::{Stage, WanPipeline, WanRequest};
+use zoetrope_models::wan::vae::WanVaeTiling;
 use zoetrope_sampling::SamplerKind;
 use zoetrope_video::{Format, Frame, Video};
 
@@ -40,6 +41,13 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 turns guidance off (Wan default 5).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Transformer weights from one .safetensors file (original Wan / ComfyUI key names or
+    /// diffusers names) instead of the model folder's transformer/.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// Decode the VAE in overlapping 256-pixel tiles: less memory for large frames.
+    #[arg(long)]
+    tile_vae: bool,
     /// Random seed for the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -143,8 +151,14 @@ fn generate_wan(args: &GenerateArgs, model: &Path) -> anyhow::Result<()> {
     }
 
     let mut pipe = progress::with_spinner("loading model", || {
-        WanPipeline::load(model, args.dtype.dtype(), &device)
+        WanPipeline::load_with_transformer(
+            model,
+            args.transformer.as_deref(),
+            args.dtype.dtype(),
+            &device,
+        )
     })?;
+    pipe.set_vae_tiling(args.tile_vae.then(WanVaeTiling::default));
     if args.text_length == 0 {
         bail!("--text-length must be at least 1 (Wan uses 512)");
     }

@@ -12,7 +12,7 @@ use zoetrope_sampling::{SamplerKind, SchedulerConfig};
 
 use super::text::{TextEncoder, TextError, WAN_MAX_SEQUENCE_LENGTH};
 use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
-use super::vae::AutoencoderKLWan;
+use super::vae::{AutoencoderKLWan, WanVaeTiling};
 
 /// The VAE's spatial and temporal compression (8× in space, 4× in time, first frame alone).
 pub const VAE_SCALE_SPATIAL: usize = 8;
@@ -128,6 +128,7 @@ pub struct WanPipeline {
     device: Device,
     dtype: DType,
     max_sequence_length: usize,
+    vae_tiling: Option<WanVaeTiling>,
 }
 
 impl WanPipeline {
@@ -135,6 +136,18 @@ impl WanPipeline {
     /// tokenizer/, scheduler/). `dtype` is the compute dtype of the transformer and text encoder;
     /// the VAE runs in f32, as Wan's reference does.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with_transformer(dir, None, dtype, device)
+    }
+
+    /// [`load`](Self::load), but with the transformer from a single safetensors file (original
+    /// Wan / ComfyUI key names, or diffusers names) instead of `dir/transformer/`. Its config is
+    /// `dir/transformer/config.json` when present, else inferred from the tensor shapes.
+    pub fn load_with_transformer(
+        dir: &Path,
+        transformer_file: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let index = dir.join("model_index.json");
         let text = std::fs::read_to_string(&index).map_err(|e| WanError::Model {
             path: index.clone(),
@@ -166,9 +179,28 @@ impl WanPipeline {
                 reason: "this folder has a second transformer (Wan 2.2's two experts), which is not supported yet".into(),
             });
         }
-        let transformer =
-            WanTransformer3DModel::load_diffusers(&dir.join("transformer"), dtype, device)
-                .map_err(|e| model_error(dir, "transformer", e))?;
+        let transformer_dir = dir.join("transformer");
+        let transformer = match transformer_file {
+            None => WanTransformer3DModel::load_diffusers(&transformer_dir, dtype, device)
+                .map_err(|e| model_error(dir, "transformer", e))?,
+            Some(file) => {
+                let config_path = transformer_dir.join("config.json");
+                let config = if config_path.is_file() {
+                    Some(
+                        WanTransformerConfig::from_json_file(&config_path)
+                            .map_err(|e| model_error(dir, "transformer/config.json", e))?,
+                    )
+                } else {
+                    None
+                };
+                WanTransformer3DModel::load_single_file(file, config, dtype, device).map_err(
+                    |e| WanError::Model {
+                        path: file.to_path_buf(),
+                        reason: e.to_string(),
+                    },
+                )?
+            }
+        };
         let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, device)
             .map_err(|e| model_error(dir, "vae", e))?;
         let scheduler =
@@ -181,12 +213,19 @@ impl WanPipeline {
             device: device.clone(),
             dtype,
             max_sequence_length: WAN_MAX_SEQUENCE_LENGTH,
+            vae_tiling: None,
         })
     }
 
     /// Text length the prompts are padded to (512 for real Wan; the tiny test model uses less).
     pub fn set_max_sequence_length(&mut self, len: usize) {
         self.max_sequence_length = len;
+    }
+
+    /// Decode in overlapping spatial tiles (diffusers' `enable_tiling`), bounding the VAE's
+    /// memory for large frames; `None` decodes whole frames.
+    pub fn set_vae_tiling(&mut self, tiling: Option<WanVaeTiling>) {
+        self.vae_tiling = tiling;
     }
 
     pub fn transformer_config(&self) -> &WanTransformerConfig {
@@ -296,15 +335,30 @@ impl WanPipeline {
             .vae
             .denormalize_latents(&latents.to_dtype(DType::F32)?)?;
         let latent_frames = z.dim(2)?;
+        let to_frames = |x: Tensor| -> candle_core::Result<Tensor> {
+            // [1, 3, n, H, W] in [-1, 1] → [n, 3, H, W] in [0, 1].
+            let x = ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+            x.squeeze(0)?.permute((1, 0, 2, 3))?.contiguous()
+        };
+        if let Some(tiling) = &self.vae_tiling {
+            progress(Stage::Decoding {
+                frame: 0,
+                frames: latent_frames,
+            });
+            let video = to_frames(self.vae.decode_tiled(&z, tiling)?)?;
+            progress(Stage::Decoding {
+                frame: latent_frames - 1,
+                frames: latent_frames,
+            });
+            return Ok(video);
+        }
         let mut chunks = Vec::with_capacity(latent_frames);
         self.vae.decode_with(&z, |x| {
             progress(Stage::Decoding {
                 frame: chunks.len(),
                 frames: latent_frames,
             });
-            // [1, 3, n, H, W] in [-1, 1] → [n, 3, H, W] in [0, 1].
-            let x = ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-            chunks.push(x.squeeze(0)?.permute((1, 0, 2, 3))?.contiguous()?);
+            chunks.push(to_frames(x)?);
             Ok(())
         })?;
         Ok(Tensor::cat(&chunks, 0)?)
