@@ -2,3 +2,4 @@
 //! shared samplers.
 
 pub mod wan;
+pub mod world;
