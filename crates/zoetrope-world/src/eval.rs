@@ -788,7 +788,7 @@ fn fit_shape(
             let dy = (wy0 + y) as f64 + 0.5 - cy;
             for x in 0..ww {
                 let dx = (wx0 + x) as f64 + 0.5 - cx;
-                cover[y * ww + x] = (0.5 - signed_distance(shape, dx, dy, r)).clamp(0.0, 1.0);
+                cover[y * ww + x] = crate::render::coverage(shape, dx, dy, r);
             }
         }
         // Chroma as 4:2:0 keeps it (block means) and as a full-resolution video keeps it
@@ -879,23 +879,6 @@ fn shape_area_factor(shape: Shape) -> f64 {
         Shape::Circle => std::f64::consts::PI,
         Shape::Square => 4.0,
         Shape::Triangle => 2.0,
-    }
-}
-
-/// Signed distance in pixels from (x, y) (relative to the box centre) to the edge of a shape of
-/// radius r, negative inside: the same geometry as `render` draws, whose one-pixel ramp
-/// `0.5 - distance` is each pixel's coverage.
-fn signed_distance(shape: Shape, x: f64, y: f64, r: f64) -> f64 {
-    match shape {
-        Shape::Circle => (x * x + y * y).sqrt() - r,
-        Shape::Square => x.abs().max(y.abs()) - r,
-        Shape::Triangle => {
-            // Apex at (0, -r), base from (-r, r) to (r, r).
-            let k = 1.0 / 5f64.sqrt();
-            let base = y - r;
-            let sides = (2.0 * x.abs() - (y + r)) * k;
-            base.max(sides)
-        }
     }
 }
 

@@ -86,6 +86,13 @@ pub fn render_frame(scene: &Scene, states: &[ObjectState], width: u32, height: u
     frame
 }
 
+/// Fraction of the pixel centred at (x, y) (relative to the shape's box centre, in pixels) that a
+/// shape of radius `r` covers: a one-pixel anti-aliasing ramp across the edge. The evaluator
+/// fits this same coverage to what it sees.
+pub(crate) fn coverage(shape: Shape, x: f64, y: f64, r: f64) -> f64 {
+    (0.5 - signed_distance(shape, x, y, r)).clamp(0.0, 1.0)
+}
+
 /// Signed distance in pixels from (x, y) to the shape's edge, negative inside. The triangle's
 /// is exact inside and near its edges, which is all anti-aliasing needs.
 fn signed_distance(shape: Shape, x: f64, y: f64, r: f64) -> f64 {
@@ -120,7 +127,7 @@ fn draw_object(frame: &mut Frame, o: &ObjectSpec, s: &ObjectState) {
         for px in x0..x1 {
             let dx = px as f64 + 0.5 - cx;
             // A one-pixel ramp across the edge approximates the pixel's area coverage.
-            let cover = (0.5 - signed_distance(o.shape, dx, dy, r)).clamp(0.0, 1.0);
+            let cover = coverage(o.shape, dx, dy, r);
             if cover <= 0.0 {
                 continue;
             }
