@@ -38,9 +38,11 @@ for the exact list of tensor names, shapes and dtypes):
 * ``transformer_ref.*``            transformer forward at several timesteps for a fixed
                                    non-square latent, plus intermediates (RoPE tables,
                                    time/text embeddings, per-block hidden states).
-* ``vae_ref.*``                    VAE encode (raw encoder output, posterior mean/logvar)
-                                   and decode (of that mean and of an independent random
-                                   latent) of a non-square 9-frame clip.
+* ``vae_ref.*``                    VAE encode (moments with the logvar half clamped,
+                                   posterior mean/logvar) and decode (of that mean and of
+                                   an independent random latent) of a non-square 9-frame
+                                   clip, plus a tiled decode (``enable_tiling``) of a
+                                   larger random latent.
 * ``scheduler_ref.*``              scheduler-only trajectories (timesteps, sigmas, states
                                    after every step) driven by fixed pseudo model outputs.
 * ``pipeline_ref.*``               full WanPipeline runs from given latents for
@@ -51,6 +53,7 @@ for the exact list of tensor names, shapes and dtypes):
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import html
 import re
@@ -638,7 +641,9 @@ def vae_fixtures(pipe, out: Path) -> FixtureSet:
     video = torch.tanh(video + 0.1 * randn((1, 3, 9, 24, 40), 302))
     with torch.no_grad():
         dist = vae.encode(video).latent_dist
-        raw = torch.cat([dist.mean, dist.logvar], dim=1)  # quant_conv output before the clamp (logvar clamped to [-30, 20])
+        # quant_conv output with its logvar half already clamped to [-30, 20]
+        # (DiagonalGaussianDistribution clamps the logvar when it is built)
+        raw = torch.cat([dist.mean, dist.logvar], dim=1)
         mean = dist.mean
         dec = vae.decode(mean, return_dict=False)[0]
         z_rand = randn((1, Z_DIM, 3, 3, 5), 303)
@@ -663,7 +668,8 @@ def vae_fixtures(pipe, out: Path) -> FixtureSet:
         notes=[
             "encode: x [B,3,1+4k,H,W] processed in chunks of frames [0], [1..4], [5..8], ... with the causal feature cache "
             "(CACHE_T = 2 frames carried per causal conv) -> quant_conv -> moments [B, 2*z, 1+k, H/8, W/8]; "
-            "mean = moments[:, :z], logvar = clamp(moments[:, z:], -30, 20); latent_dist.mode() = mean",
+            "mean = moments[:, :z], logvar = clamp(moments[:, z:], -30, 20); latent_dist.mode() = mean. "
+            "The stored enc_moments holds the logvar half AFTER that clamp (cat([mean, clamped logvar]))",
             "decode: post_quant_conv over all frames, then decoder one latent frame at a time with the feature cache; "
             "first chunk uses first_chunk=True; upsample3d: first chunk skips time_conv (cache marked 'Rep'), the next chunk "
             "pads the time_conv with zeros instead of a cached frame; output frames = 1 + 4*(T-1); output clamped to [-1, 1]",
@@ -674,6 +680,48 @@ def vae_fixtures(pipe, out: Path) -> FixtureSet:
         ],
     )
     return fx
+
+
+# Tiled decode (AutoencoderKLWan.enable_tiling) settings for the tiled_* fixture: in latent
+# units tiles are 3x3 with stride 2, so a 5x7 latent gives 3 rows x 4 columns of tiles and
+# both blend_v and blend_h (8-pixel overlaps) are exercised.
+VAE_TILING = dict(
+    tile_sample_min_height=24,
+    tile_sample_min_width=24,
+    tile_sample_stride_height=16,
+    tile_sample_stride_width=16,
+)
+
+
+def vae_tiled_fixtures(pipe, fx: FixtureSet) -> None:
+    """Add the tiled-decode reference to the vae_ref set.
+
+    Runs after every other fixture, on a copy of the VAE (so the pipeline's VAE keeps
+    tiling off), with a latent drawn from its own generator, so that no other tensor or
+    file changes when this is added.
+    """
+    vae = copy.deepcopy(pipe.vae)
+    vae.enable_tiling(**VAE_TILING)
+    z = randn((1, Z_DIM, 2, 5, 7), 304)
+    with torch.no_grad():
+        dec = vae.decode(z, return_dict=False)[0]
+    assert vae.use_tiling and dec.shape == (1, 3, 5, 40, 56), dec.shape
+    fx.add("tiled_z", z)
+    fx.add("tiled_decode", dec)
+    fx.meta.update(
+        tiling=VAE_TILING,
+        fraction_of_tiled_decode_clamped=float((dec.abs() >= 1.0).float().mean()),
+        tiled_decode_std=float(dec.std()),
+        tiled_notes=[
+            "tiled_decode = vae.decode(tiled_z) after vae.enable_tiling(**tiling): latent tiles of "
+            "min//8 = 3 x 3 at stride//8 = 2 (rows at 0,2,4; columns at 0,2,4,6; edge tiles are cut short); "
+            "each tile is decoded on its own (clear_cache, post_quant_conv, one latent frame at a time with the "
+            "feature cache, first_chunk for frame 0)",
+            "tiles are blended with blend_v then blend_h over blend = min - stride = 8 pixels "
+            "(linear ramp x/blend from the previous tile's tail), each cropped to stride x stride, "
+            "concatenated, cropped to the full size, then clamped to [-1, 1] (only after the blend)",
+        ],
+    )
 
 
 def scheduler_fixtures(out: Path) -> FixtureSet:
@@ -873,9 +921,13 @@ def main() -> int:
     text_fx = text_encoder_fixtures(pipe, out)
     manifest["fixtures"]["text_encoder_ref"] = text_fx.write()
     manifest["fixtures"]["transformer_ref"] = transformer_fixtures(pipe, out, text_fx).write()
-    manifest["fixtures"]["vae_ref"] = vae_fixtures(pipe, out).write()
+    vae_fx = vae_fixtures(pipe, out)
+    manifest["fixtures"]["vae_ref"] = None  # written below, once the tiled decode is added
     manifest["fixtures"]["scheduler_ref"] = scheduler_fixtures(out).write()
     manifest["fixtures"]["pipeline_ref"] = pipeline_fixtures(pipe, out).write()
+    # Last, so that adding it leaves every other fixture byte-identical.
+    vae_tiled_fixtures(pipe, vae_fx)
+    manifest["fixtures"]["vae_ref"] = vae_fx.write()
 
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest["files"] = {
