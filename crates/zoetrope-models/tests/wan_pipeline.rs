@@ -17,17 +17,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    zoetrope_nn::max_abs_diff(a, b).unwrap()
 }
 
 fn run(name: &str, sampler: SamplerKind, guidance: f64) {

@@ -36,17 +36,7 @@ fn tiny_config() -> WanTransformerConfig {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    zoetrope_nn::max_abs_diff(a, b).unwrap()
 }
 
 fn check(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> f32 {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use zoetrope_models::wan::vae::{max_abs_diff, AutoencoderKLWan, WanVaeTiling};
+use zoetrope_models::wan::vae::{AutoencoderKLWan, WanVaeTiling};
+use zoetrope_nn::max_abs_diff;
 
 const TOL: f32 = 1e-4;
 

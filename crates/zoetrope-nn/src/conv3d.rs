@@ -16,7 +16,7 @@
 //! (`pad_with_zeros`, `narrow`, `cat`, `permute`, `conv2d`), so gradients flow to input, weight
 //! and bias.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Shape parameters of a [`CausalConv3d`] besides the kernel size.
@@ -376,20 +376,10 @@ pub fn naive_conv3d(
     Tensor::from_vec(out, (b, cout, t_out, h_out, w_out), x.device())
 }
 
-/// Max of `|a - b|` over all elements.
-#[doc(hidden)]
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?
-        .abs()?
-        .flatten_all()?
-        .max(D::Minus1)?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {

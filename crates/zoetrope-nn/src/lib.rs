@@ -5,5 +5,7 @@
 
 pub mod checkpoint;
 pub mod conv3d;
+pub mod metrics;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use metrics::{max_abs, max_abs_diff};

@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 use zoetrope_nn::conv3d::{CausalConv3d, Conv3dConfig};
@@ -931,15 +931,4 @@ impl AutoencoderKLWan {
         let (mean, inv_std) = self.stats(z)?;
         z.broadcast_div(&inv_std)?.broadcast_add(&mean)
     }
-}
-
-/// Maximum absolute difference, used by tests and parity checks.
-#[doc(hidden)]
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?
-        .abs()?
-        .flatten_all()?
-        .max(D::Minus1)?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()
 }
