@@ -21,7 +21,7 @@ Configs (f32, 2 threads, batch 1, no CFG):
   [1,512,4096], timestep 500.
 * VAE: the real Wan 2.1 architecture (diffusers' AutoencoderKLWan defaults: base_dim 96,
   z_dim 16, dim_mult [1,2,4,4], 2 res blocks, temperal_downsample [F,T,T]); decode of a
-  [1,16,3,16,24] latent to 9 frames of 128x192.
+  [1,16,3,16,24] latent to 9 frames of 128x192 (``--vae-latent`` to change it).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ TEXT = (1, 512, 4096)
 VAE_LATENT = (1, 16, 3, 16, 24)
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, vae_latent: tuple[int, ...] = VAE_LATENT) -> None:
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(**TRANSFORMER).eval()
     # diffusers initialises the RMS/LayerNorm gains to 1; perturb them a little so no path
@@ -83,7 +83,7 @@ def prepare(out: Path) -> None:
     x = torch.randn(LATENT, generator=g)
     ctx = torch.randn(TEXT, generator=g)
     t = torch.tensor([500.0])
-    z = torch.randn(VAE_LATENT, generator=g)
+    z = torch.randn(vae_latent, generator=g)
     with torch.inference_mode():
         y = transformer(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
         video = vae.decode(z, return_dict=False)[0]
@@ -141,6 +141,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("dir", type=Path)
+    p.add_argument("--vae-latent", default=",".join(map(str, VAE_LATENT)),
+                   help="B,C,F,H,W of the latent the VAE decodes (default %(default)s)")
     p = sub.add_parser("time")
     p.add_argument("dir", type=Path)
     p.add_argument("--component", required=True, choices=["transformer", "vae"])
@@ -149,7 +151,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "prepare":
         a.dir.mkdir(parents=True, exist_ok=True)
-        prepare(a.dir)
+        prepare(a.dir, tuple(int(v) for v in a.vae_latent.split(",")))
     else:
         time_component(a.dir, a.component, a.warmup, a.runs)
 

@@ -8,7 +8,8 @@
 //! cargo run --profile ci -p zoetrope-models --example wan_memory -- step bf16
 //! cargo run --profile ci -p zoetrope-models --example wan_memory -- decode f32
 //! # options: --latent F,H,W (default 9,30,52 = 33x240x416 video), --layers N (default 30),
-//! #          --frames N (decode only the first N latent frames)
+//! #          --frames N (decode only the first N latent frames),
+//! #          --weights-only (step: build the transformer, report its RSS, stop)
 //! ```
 //!
 //! `step` = one transformer forward (one denoising step without CFG) on a latent
@@ -158,6 +159,15 @@ fn main() -> Result<()> {
                 f * (h / 2) * (w / 2),
                 t0.elapsed().as_secs_f64()
             );
+            if args.iter().any(|a| a == "--weights-only") {
+                let (_, hwm) = rss_mib();
+                println!(
+                    "RESULT mode=weights dtype={dtype:?} layers={} rss_weights_mib={rss_w:.0} \
+                     peak_rss_mib={hwm:.0}",
+                    cfg.num_layers
+                );
+                return Ok(());
+            }
             let x = Tensor::randn(0f32, 1.0, (1, 16, f, h, w), &dev)?.to_dtype(dtype)?;
             let ctx = Tensor::randn(0f32, 1.0, (1, 512, cfg.text_dim), &dev)?.to_dtype(dtype)?;
             let t = Tensor::new(&[500f32], &dev)?;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# zoetrope vs diffusers: one Wan 2.1 transformer forward and one VAE decode, same weights, same
+# inputs, f32, same thread count, on the CPU. Runs the two sides interleaved (zoetrope, diffusers,
+# zoetrope, diffusers, ...) so machine noise hits both, then prints a Markdown table of medians.
+#
+#   tools/bench/wan_vs_diffusers.sh
+#
+# Environment (defaults in brackets):
+#   VENV [/work/venv-parity]        Python venv with the pinned reference (tools/parity/README.md)
+#   BENCH_DIR [target/bench-wan]    weights + inputs written by `bench_wan.py prepare` (made if absent)
+#   BENCH_THREADS [2]               threads for both sides (torch.set_num_threads, RAYON_NUM_THREADS)
+#   ROUNDS [3]                      interleaved rounds; each round runs one process per side and component
+#   RUNS_PER_ROUND [2]              timed calls per process (after WARMUP untimed ones)
+#   WARMUP [1]
+#   COMPONENTS ["transformer vae"]
+#   VAE_LATENT [1,16,3,16,24]       latent the VAE decodes (used only when BENCH_DIR is made)
+# Timed samples per side and component = ROUNDS x RUNS_PER_ROUND.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+VENV=${VENV:-/work/venv-parity}
+BENCH_DIR=${BENCH_DIR:-target/bench-wan}
+BENCH_THREADS=${BENCH_THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+RUNS_PER_ROUND=${RUNS_PER_ROUND:-2}
+WARMUP=${WARMUP:-1}
+COMPONENTS=${COMPONENTS:-"transformer vae"}
+VAE_LATENT=${VAE_LATENT:-1,16,3,16,24}
+PY="$VENV/bin/python"
+
+export BENCH_THREADS RAYON_NUM_THREADS=$BENCH_THREADS OMP_NUM_THREADS=$BENCH_THREADS \
+    MKL_NUM_THREADS=$BENCH_THREADS
+
+cargo build --quiet --profile ci -p zoetrope-models --example wan_bench
+BIN=target/ci/examples/wan_bench
+
+if [ ! -f "$BENCH_DIR/inputs.safetensors" ]; then
+    "$PY" tools/parity/bench_wan.py prepare "$BENCH_DIR" --vae-latent "$VAE_LATENT"
+fi
+
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+echo "load before: $(uptime)" >&2
+for round in $(seq 1 "$ROUNDS"); do
+    for c in $COMPONENTS; do
+        echo "round $round/$ROUNDS: $c" >&2
+        "$BIN" "$BENCH_DIR" --component "$c" --warmup "$WARMUP" --runs "$RUNS_PER_ROUND" \
+            | tee -a "$LOG" >&2
+        "$PY" tools/parity/bench_wan.py time "$BENCH_DIR" --component "$c" \
+            --warmup "$WARMUP" --runs "$RUNS_PER_ROUND" | tee -a "$LOG" >&2
+    done
+done
+echo "load after: $(uptime)" >&2
+
+"$PY" - "$LOG" "$BENCH_THREADS" <<'EOF'
+import statistics
+import sys
+
+samples = {}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) == 4 and parts[0] == "SAMPLE":
+        samples.setdefault((parts[2], parts[1]), []).append(float(parts[3]))
+print(f"f32, {sys.argv[2]} threads; seconds per call, median of n (min-max)\n")
+print("| component | zoetrope median | diffusers median | ratio (zoetrope / diffusers) |")
+print("|---|---|---|---|")
+for comp in dict.fromkeys(c for c, _ in samples):
+    z = samples.get((comp, "zoetrope"), [])
+    d = samples.get((comp, "diffusers"), [])
+    fmt = lambda s: (f"{statistics.median(s):.3f} s (n={len(s)}, {min(s):.3f}-{max(s):.3f})"
+                     if s else "-")
+    ratio = f"{statistics.median(z) / statistics.median(d):.2f}x" if z and d else "-"
+    print(f"| {comp} | {fmt(z)} | {fmt(d)} | {ratio} |")
+EOF
