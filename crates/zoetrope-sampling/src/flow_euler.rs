@@ -193,15 +193,7 @@ impl Scheduler for FlowMatchEulerDiscrete {
         step_index: usize,
         sample: &Tensor,
     ) -> Result<Tensor> {
-        if self.timesteps.is_empty() {
-            return Err(SchedulerError::NotInitialized);
-        }
-        if step_index >= self.timesteps.len() {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "step index {step_index} is past the end of a {}-step schedule",
-                self.timesteps.len()
-            )));
-        }
+        crate::schedule::check_step_index(self.timesteps.len(), step_index)?;
         // dt is formed in f32 (torch subtracts two f32 sigma scalars), then exactly widened.
         let dt = self.sigmas[step_index + 1] - self.sigmas[step_index];
         let sample = sample.to_dtype(DType::F32)?;

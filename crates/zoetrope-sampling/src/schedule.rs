@@ -38,3 +38,16 @@ pub(crate) fn check_shift(shift: f64) -> Result<(), String> {
         Err(format!("shift must be a finite number > 0, got {shift}"))
     }
 }
+
+/// Checks that a schedule of `len` steps exists and `step_index` lies inside it.
+pub(crate) fn check_step_index(len: usize, step_index: usize) -> crate::Result<()> {
+    if len == 0 {
+        return Err(crate::SchedulerError::NotInitialized);
+    }
+    if step_index >= len {
+        return Err(crate::SchedulerError::InvalidArgument(format!(
+            "step index {step_index} is past the end of a {len}-step schedule"
+        )));
+    }
+    Ok(())
+}

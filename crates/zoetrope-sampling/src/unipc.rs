@@ -445,14 +445,7 @@ impl Scheduler for UniPcMultistep {
         sample: &Tensor,
     ) -> Result<Tensor> {
         let n = self.timesteps.len();
-        if n == 0 {
-            return Err(SchedulerError::NotInitialized);
-        }
-        if step_index >= n {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "step index {step_index} is past the end of a {n}-step schedule"
-            )));
-        }
+        crate::schedule::check_step_index(n, step_index)?;
         match self.step_index {
             None => self.step_index = Some(step_index),
             Some(expected) if expected != step_index => {
