@@ -53,8 +53,6 @@ pub struct CausalConv3d {
     weight: Tensor,
     /// `[Cout]`.
     bias: Option<Tensor>,
-    /// The weight with taps folded into input channels, `[Cout, kt·Cin, kh, kw]`.
-    folded: Tensor,
     config: Conv3dConfig,
     kt: usize,
 }
@@ -62,7 +60,7 @@ pub struct CausalConv3d {
 impl CausalConv3d {
     /// Wraps a weight `[Cout, Cin, kt, kh, kw]` and optional bias `[Cout]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv3dConfig) -> Result<Self> {
-        let (cout, cin, kt, kh, kw) = weight.dims5()?;
+        let (cout, _, kt, _, _) = weight.dims5()?;
         if let Some(b) = &bias {
             if b.dims() != [cout] {
                 candle_core::bail!("conv3d bias has shape {:?}, expected [{cout}]", b.dims());
@@ -71,20 +69,24 @@ impl CausalConv3d {
         if kt == 0 || config.time_stride == 0 || config.spatial_stride == 0 {
             candle_core::bail!("conv3d: kernel size and strides must be positive");
         }
-        // [Cout, Cin, kt, kh, kw] -> [Cout, kt, Cin, kh, kw] -> [Cout, kt*Cin, kh, kw], matching the
-        // tap-major channel stacking of the input in `forward_padded`.
-        let folded =
-            weight
-                .permute((0, 2, 1, 3, 4))?
-                .contiguous()?
-                .reshape((cout, kt * cin, kh, kw))?;
         Ok(Self {
             weight,
             bias,
-            folded,
             config,
             kt,
         })
+    }
+
+    /// The weight with taps folded into input channels, `[Cout, kt·Cin, kh, kw]`, matching the
+    /// tap-major channel stacking of the input. Derived at each call rather than stored: a stored
+    /// copy would double weight memory and, when `weight` is a trained `Var`, go stale after the
+    /// first optimiser step.
+    fn folded_weight(&self) -> Result<Tensor> {
+        let (cout, cin, kt, kh, kw) = self.weight.dims5()?;
+        self.weight
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((cout, kt * cin, kh, kw))
     }
 
     /// Loads `weight` (and `bias` when `with_bias`) from `vb` with the given sizes.
@@ -192,7 +194,7 @@ impl CausalConv3d {
         };
         let stacked = stacked.reshape((b * t_out, kt * cin, h, w))?;
         let y = stacked.conv2d(
-            &self.folded,
+            &self.folded_weight()?,
             self.config.spatial_pad,
             self.config.spatial_stride,
             1,
@@ -488,6 +490,22 @@ mod tests {
         }
         let streamed = Tensor::cat(&outs, 2).unwrap();
         assert!(max_abs_diff(&whole, &streamed).unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn forward_follows_a_trained_weight() {
+        // An optimiser updates a Var in place; the convolution must use the new values.
+        let cfg = Conv3dConfig::causal(3, 1);
+        let x = rand(&[1, 2, 4, 5, 5], 21);
+        let w = Var::from_tensor(&rand(&[3, 2, 3, 3, 3], 22)).unwrap();
+        let conv = CausalConv3d::new(w.as_tensor().clone(), None, cfg).unwrap();
+        let before = conv.forward(&x).unwrap();
+        let w2 = rand(&[3, 2, 3, 3, 3], 23);
+        w.set(&w2).unwrap();
+        let after = conv.forward(&x).unwrap();
+        let want = naive_conv3d(&x, &w2, None, cfg).unwrap();
+        assert!(max_abs_diff(&after, &want).unwrap() < 1e-5);
+        assert!(max_abs_diff(&before, &after).unwrap() > 1e-2);
     }
 
     #[test]
