@@ -2,9 +2,11 @@
 //!
 //! - [`checkpoint`]: memory-mapped safetensors, key remapping, errors naming file and tensor.
 //! - [`conv3d`]: causal 3D convolution composed from candle ops.
+//! - [`im2col`]: spacetime im2col custom op with a col2im backward, for training convs on CPU.
 
 pub mod checkpoint;
 pub mod conv3d;
+pub mod im2col;
 pub mod metrics;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
