@@ -3,5 +3,6 @@
 //! diffusion transformer conditioned on text predicts the flow velocity.
 
 pub mod dit;
+pub mod model;
 pub mod text;
 pub mod vae;
