@@ -64,6 +64,10 @@ pub enum WorldCommand {
         /// Container of each clip: mp4, gif, png (animated), or y4m.
         #[arg(long, default_value = "mp4")]
         format: String,
+        /// Draw training scenes: never a held-out combination of colour, shape and motion (see
+        /// `zoetrope world heldout`).
+        #[arg(long)]
+        training: bool,
         #[command(flatten)]
         clip: ClipArgs,
     },
@@ -71,6 +75,13 @@ pub enum WorldCommand {
     Parse {
         /// A caption, e.g. "a small red circle rolls right on black".
         caption: String,
+    },
+    /// Write the held-out prompts (combinations training never shows), one a line with `#`
+    /// comments: the file crates/zoetrope-world/data/heldout_prompts.txt.
+    Heldout {
+        /// Output file; without it the prompts go to standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -140,6 +151,7 @@ pub fn run_world(cmd: WorldCommand) -> anyhow::Result<()> {
             out,
             seed,
             format,
+            training,
             clip,
         } => {
             if count == 0 {
@@ -150,9 +162,20 @@ pub fn run_world(cmd: WorldCommand) -> anyhow::Result<()> {
             let opts = clip.options();
             opts.validate()?;
             let pb = progress::bar(count as u64, "clips");
-            zoetrope_world::dataset::write_dataset(&out, count, seed, &opts, &ext, &mut |i| {
-                pb.set_position(i as u64)
-            })?;
+            let sampler = if training {
+                zoetrope_world::dataset::sample_training_clip
+            } else {
+                zoetrope_world::dataset::sample_clip
+            };
+            zoetrope_world::dataset::write_dataset_from(
+                &out,
+                count,
+                seed,
+                &opts,
+                &ext,
+                sampler,
+                &mut |i| pb.set_position(i as u64),
+            )?;
             pb.finish_and_clear();
             eprintln!(
                 "wrote {count} clips and manifest.jsonl to {}",
@@ -163,6 +186,22 @@ pub fn run_world(cmd: WorldCommand) -> anyhow::Result<()> {
         WorldCommand::Parse { caption: text } => {
             let query = caption::parse(&text)?;
             println!("{}", serde_json::to_string_pretty(&query)?);
+            Ok(())
+        }
+        WorldCommand::Heldout { output } => {
+            let text = zoetrope_world::heldout::heldout_prompt_file();
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "wrote {} held-out prompts to {}",
+                        zoetrope_world::read_prompt_list(&text).len(),
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
             Ok(())
         }
     }

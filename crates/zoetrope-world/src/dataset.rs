@@ -38,7 +38,16 @@ pub struct ManifestEntry {
 
 /// The scene and caption of the clip with this seed.
 pub fn sample_clip(seed: u64) -> (Scene, String) {
-    let scene = Scene::sample(seed);
+    caption_scene(Scene::sample(seed), seed)
+}
+
+/// The scene and caption of the training clip with this seed: as [`sample_clip`], but the scene
+/// holds no held-out combination ([`crate::heldout`]), so the held-out prompts stay unseen.
+pub fn sample_training_clip(seed: u64) -> (Scene, String) {
+    caption_scene(Scene::sample_training(seed), seed)
+}
+
+fn caption_scene(scene: Scene, seed: u64) -> (Scene, String) {
     let caption = describe(
         &scene.spec,
         &mut ChaCha8Rng::seed_from_u64(seed ^ CAPTION_SALT),
@@ -64,6 +73,19 @@ pub fn write_dataset(
     ext: &str,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(), WorldError> {
+    write_dataset_from(dir, count, first_seed, opts, ext, sample_clip, progress)
+}
+
+/// [`write_dataset`] with the clip of each seed drawn by `clip`, e.g. [`sample_training_clip`].
+pub fn write_dataset_from(
+    dir: &Path,
+    count: usize,
+    first_seed: u64,
+    opts: &RenderOptions,
+    ext: &str,
+    clip: fn(u64) -> (Scene, String),
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), WorldError> {
     opts.validate()?;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let manifest_path = dir.join(MANIFEST);
@@ -72,7 +94,7 @@ pub fn write_dataset(
     let ext = ext.trim_start_matches('.');
     for i in 0..count {
         let seed = first_seed.wrapping_add(i as u64);
-        let (scene, caption) = sample_clip(seed);
+        let (scene, caption) = clip(seed);
         let video = render(&scene, opts)?;
         let name = format!("clip_{i:05}.{ext}");
         zoetrope_video::write_video(&dir.join(&name), &video)?;
@@ -151,6 +173,30 @@ mod tests {
             read_manifest(&again.path().join(MANIFEST)).unwrap(),
             entries
         );
+    }
+
+    #[test]
+    fn training_datasets_hold_nothing_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RenderOptions {
+            width: 16,
+            height: 16,
+            frames: 1,
+            fps: 8.0,
+        };
+        let clip = sample_training_clip;
+        write_dataset_from(dir.path(), 40, 0, &opts, "y4m", clip, &mut |_| {}).unwrap();
+        let entries = read_manifest(&dir.path().join(MANIFEST)).unwrap();
+        assert_eq!(entries.len(), 40);
+        for e in &entries {
+            assert!(!crate::heldout::spec_is_held_out(&e.spec), "{}", e.caption);
+            assert_eq!(
+                (e.scene.clone(), e.caption.clone()),
+                sample_training_clip(e.seed)
+            );
+        }
+        // Some of these seeds hold something out in the unfiltered sampler.
+        assert!((0..40).any(|s| crate::heldout::spec_is_held_out(&sample_clip(s).0.spec)));
     }
 
     #[test]

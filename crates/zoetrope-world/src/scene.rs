@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::heldout::is_held_out;
 use crate::spec::{
     Colour, Direction, Motion, ObjectSpec, SceneSpec, Shape, Side, Size, MAX_OBJECTS, MIN_OBJECTS,
 };
@@ -60,6 +61,16 @@ impl Scene {
     /// of motions, laid out as [`Scene::from_spec`] would lay it out with the same seed.
     pub fn sample(seed: u64) -> Scene {
         let spec = sample_spec(&mut ChaCha8Rng::seed_from_u64(seed));
+        Scene {
+            objects: layout(&spec, seed),
+            spec,
+        }
+    }
+
+    /// A random scene for training: as [`Scene::sample`], but no object is a held-out
+    /// combination ([`crate::heldout`]). Where `Scene::sample(seed)` has none, the two agree.
+    pub fn sample_training(seed: u64) -> Scene {
+        let spec = sample_training_spec(&mut ChaCha8Rng::seed_from_u64(seed));
         Scene {
             objects: layout(&spec, seed),
             spec,
@@ -148,6 +159,24 @@ pub fn sample_motion<R: Rng + ?Sized>(rng: &mut R) -> Motion {
 
 /// A random valid spec: background, 1–3 objects with distinct colours that differ from it.
 pub fn sample_spec<R: Rng + ?Sized>(rng: &mut R) -> SceneSpec {
+    sample_spec_where(rng, |_| true)
+}
+
+/// A random valid spec for training: drawn as [`sample_spec`] draws, except that an object whose
+/// combination is held out ([`is_held_out`]) is drawn again, so no training scene shows one.
+pub fn sample_training_spec<R: Rng + ?Sized>(rng: &mut R) -> SceneSpec {
+    sample_spec_where(rng, |o| !is_held_out(o))
+}
+
+/// [`sample_spec`]'s draws, redrawing each object (colour, shape, size and motion together, from
+/// the same rng) until `accept` takes it: each object then follows the unfiltered distribution
+/// conditioned on being accepted. With `accept` always true this consumes the rng exactly as
+/// sampling always has, so `Scene::sample(seed)` is unchanged. Every colour has accepted
+/// combinations (see [`crate::heldout`]), so the loop ends.
+fn sample_spec_where<R: Rng + ?Sized>(
+    rng: &mut R,
+    accept: impl Fn(&ObjectSpec) -> bool,
+) -> SceneSpec {
     let background = *Colour::ALL.choose(rng).expect("colours");
     let count = MIN_OBJECTS + weighted(rng, &COUNT_WEIGHTS);
     debug_assert!(count <= MAX_OBJECTS);
@@ -156,13 +185,17 @@ pub fn sample_spec<R: Rng + ?Sized>(rng: &mut R) -> SceneSpec {
         .filter(|&c| c != background)
         .collect();
     let objects = (0..count)
-        .map(|_| {
-            let colour = free.swap_remove(rng.random_range(0..free.len()));
-            ObjectSpec {
-                colour,
+        .map(|_| loop {
+            let k = rng.random_range(0..free.len());
+            let object = ObjectSpec {
+                colour: free[k],
                 shape: *Shape::ALL.choose(rng).expect("shapes"),
                 size: *Size::ALL.choose(rng).expect("sizes"),
                 motion: sample_motion(rng),
+            };
+            if accept(&object) {
+                free.swap_remove(k);
+                break object;
             }
         })
         .collect();

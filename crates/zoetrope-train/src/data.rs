@@ -1,0 +1,138 @@
+//! Training data from the procedural world: clips rendered on the fly, turned into tensors.
+
+use candle_core::{Device, Result, Tensor};
+use rand::Rng;
+use zoetrope_video::Video;
+use zoetrope_world::{render, RenderOptions, Scene};
+
+/// A clip's size: width, height, frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClipShape {
+    pub width: u32,
+    pub height: u32,
+    pub frames: usize,
+}
+
+impl ClipShape {
+    pub const fn new(width: u32, height: u32, frames: usize) -> Self {
+        Self {
+            width,
+            height,
+            frames,
+        }
+    }
+}
+
+impl std::fmt::Display for ClipShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.width, self.height, self.frames)
+    }
+}
+
+/// Frame rate every training clip is rendered at (the world's physics is frame-rate independent;
+/// the model learns motion per frame at this rate).
+pub const TRAIN_FPS: f64 = 8.0;
+
+/// Renders `scene` at `shape` and [`TRAIN_FPS`].
+pub fn render_clip(scene: &Scene, shape: ClipShape) -> Result<Video> {
+    render(
+        scene,
+        &RenderOptions {
+            width: shape.width,
+            height: shape.height,
+            frames: shape.frames,
+            fps: TRAIN_FPS,
+        },
+    )
+    .map_err(|e| candle_core::Error::Msg(format!("rendering a training clip: {e}")))
+}
+
+/// A video as `[3, T, H, W]` f32 in [-1, 1], optionally cropped to `crop = (x, y, w, h)`.
+pub fn video_tensor(
+    video: &Video,
+    crop: Option<(u32, u32, u32, u32)>,
+    device: &Device,
+) -> Result<Tensor> {
+    let (x0, y0, w, h) = crop.unwrap_or((0, 0, video.width(), video.height()));
+    let t = video.len();
+    let plane = (w * h) as usize;
+    let mut data = vec![0f32; 3 * t * plane];
+    for (fi, frame) in video.frames().iter().enumerate() {
+        let src = frame.data();
+        let fw = frame.width() as usize;
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                let s = ((y + y0 as usize) * fw + x + x0 as usize) * 3;
+                let d = fi * plane + y * w as usize + x;
+                for c in 0..3 {
+                    data[c * t * plane + d] = src[s + c] as f32 / 127.5 - 1.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(data, (3, t, h as usize, w as usize), device)
+}
+
+/// A random crop window of `size × size` inside `width × height`.
+pub fn random_crop<R: Rng + ?Sized>(
+    rng: &mut R,
+    width: u32,
+    height: u32,
+    size: u32,
+) -> (u32, u32, u32, u32) {
+    let x = rng.random_range(0..=width.saturating_sub(size));
+    let y = rng.random_range(0..=height.saturating_sub(size));
+    (x, y, size.min(width), size.min(height))
+}
+
+/// A per-(run, step, item) seed, so any step's data can be regenerated after a resume.
+pub fn item_seed(run_seed: u64, step: usize, item: usize) -> u64 {
+    // SplitMix64 of the packed inputs.
+    let mut z = run_seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((step as u64) << 20)
+        .wrapping_add(item as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_layout_and_range() {
+        let scene = Scene::sample(3);
+        let video = render_clip(&scene, ClipShape::new(24, 16, 5)).unwrap();
+        let t = video_tensor(&video, None, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), [3, 5, 16, 24]);
+        let c = video_tensor(&video, Some((4, 2, 8, 8)), &Device::Cpu).unwrap();
+        assert_eq!(c.dims(), [3, 5, 8, 8]);
+        // The crop equals the same window of the whole tensor.
+        let w = t.narrow(2, 2, 8).unwrap().narrow(3, 4, 8).unwrap();
+        let d = (w - &c).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let px = video.frames()[1].pixel(5, 3);
+        let v = t
+            .get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .get(5)
+            .unwrap();
+        assert_eq!(v.to_scalar::<f32>().unwrap(), px[0] as f32 / 127.5 - 1.0);
+    }
+
+    #[test]
+    fn item_seeds_differ() {
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..50 {
+            for i in 0..20 {
+                assert!(seen.insert(item_seed(1, s, i)));
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Training the world VAE on clips rendered on the fly.
+//!
+//! Each step renders `batch` fresh scenes at a randomly chosen size and length, crops a random
+//! `crop × crop` window (the VAE is fully convolutional, so small crops teach it the same local
+//! statistics at a fraction of the cost of whole frames) and minimises mean squared error plus a
+//! small KL term. Evaluation encodes and decodes whole held-out clips (64×64×17 and 96×64×17,
+//! seeds never drawn in training) with the averaged weights and reports PSNR.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use zoetrope_models::world::vae::{psnr, WorldVae, WorldVaeConfig};
+use zoetrope_world::Scene;
+
+use crate::data::{item_seed, random_crop, render_clip, video_tensor, ClipShape};
+use crate::events::{Meter, TrainEvent};
+use crate::init::SeededVarMap;
+use crate::optim::{AdamW, Ema, OptimConfig};
+use crate::run::{restore_vars, var_tensors, RunDir};
+
+/// First seed of the VAE's held-out evaluation clips (training seeds are hashes, see
+/// [`item_seed`], and never land in this range in practice).
+pub const VAE_EVAL_SEED: u64 = 9_000_000_000;
+
+/// Settings of a VAE training run (saved in the run's state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeTrainConfig {
+    pub seed: u64,
+    /// Total steps of the run.
+    pub steps: usize,
+    pub batch: usize,
+    /// Side of the square training crop (a multiple of the VAE's spatial factor).
+    pub crop: u32,
+    /// Render sizes and lengths, drawn uniformly per step.
+    pub shapes: Vec<ClipShape>,
+    pub kl_weight: f64,
+    pub optim: OptimConfig,
+    pub ema_decay: f64,
+    pub log_every: usize,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+    /// Held-out clips per evaluation size.
+    pub eval_clips: usize,
+}
+
+impl Default for VaeTrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            steps: 2000,
+            batch: 8,
+            crop: 32,
+            shapes: vec![
+                ClipShape::new(64, 64, 17),
+                ClipShape::new(64, 64, 17),
+                ClipShape::new(96, 64, 17),
+                ClipShape::new(64, 96, 17),
+                ClipShape::new(64, 64, 9),
+                ClipShape::new(80, 80, 17),
+            ],
+            kl_weight: 1e-4,
+            optim: OptimConfig {
+                lr: 1e-3,
+                warmup: 50,
+                weight_decay: 0.0,
+                ..OptimConfig::default()
+            },
+            ema_decay: 0.995,
+            log_every: 10,
+            eval_every: 100,
+            checkpoint_every: 50,
+            eval_clips: 4,
+        }
+    }
+}
+
+/// `state.json` of a VAE run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaeRunState {
+    pub kind: String,
+    pub step: usize,
+    pub config: VaeTrainConfig,
+    pub model: WorldVaeConfig,
+    pub ema_updates: usize,
+    /// Seconds spent training, over all sessions.
+    pub elapsed_s: f64,
+    /// The last evaluation's PSNR (dB) on held-out clips.
+    pub eval_psnr: Option<f64>,
+}
+
+pub const VAE_RUN_KIND: &str = "world-vae";
+
+/// Held-out evaluation clips, `[1, 3, T, H, W]` each.
+pub fn vae_eval_clips(n: usize, device: &Device) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(2 * n);
+    for (k, shape) in [ClipShape::new(64, 64, 17), ClipShape::new(96, 64, 17)]
+        .into_iter()
+        .enumerate()
+    {
+        for i in 0..n {
+            let scene = Scene::sample(VAE_EVAL_SEED + (k * 1000 + i) as u64);
+            let video = render_clip(&scene, shape)?;
+            out.push(video_tensor(&video, None, device)?.unsqueeze(0)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Mean PSNR (dB, pixels in [0, 1]) of reconstructing `clips` from the posterior means.
+pub fn reconstruction_psnr(vae: &WorldVae, clips: &[Tensor]) -> Result<f64> {
+    let mut total = 0.0;
+    for clip in clips {
+        let (mean, _) = vae.encode(clip)?;
+        let recon = vae.decode(&mean)?.clamp(-1f32, 1f32)?;
+        total += psnr(&recon, clip)?;
+    }
+    Ok(total / clips.len().max(1) as f64)
+}
+
+/// A VAE built on a fixed set of tensors (the averaged weights) for evaluation and export.
+pub fn vae_from_tensors(
+    config: &WorldVaeConfig,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<WorldVae> {
+    WorldVae::new(
+        config.clone(),
+        VarBuilder::from_tensors(tensors, DType::F32, device),
+    )
+}
+
+/// Trains (or resumes) a VAE in `run`. With `resume`, the saved state decides everything except
+/// `steps_override` (a new total). Returns the final state.
+pub fn train_vae(
+    run: &RunDir,
+    config: VaeTrainConfig,
+    model: WorldVaeConfig,
+    resume: bool,
+    steps_override: Option<usize>,
+    events: &mut dyn FnMut(TrainEvent),
+) -> Result<VaeRunState> {
+    let device = Device::Cpu;
+    let mut state = if resume {
+        let mut s: VaeRunState = run.load_state()?;
+        if s.kind != VAE_RUN_KIND {
+            candle_core::bail!(
+                "{} holds a {:?} run, not a world VAE run",
+                run.path().display(),
+                s.kind
+            );
+        }
+        if let Some(n) = steps_override {
+            s.config.steps = n;
+        }
+        s
+    } else {
+        if run.has_state() {
+            candle_core::bail!(
+                "{} already holds a training run: pass --resume to continue it, or choose \
+                 another --out directory",
+                run.path().display()
+            );
+        }
+        model.validate()?;
+        let f = model.spatial_factor() as u32;
+        if config.crop % f != 0 {
+            candle_core::bail!(
+                "crop {} is not a multiple of the VAE's spatial factor {f}",
+                config.crop
+            );
+        }
+        VaeRunState {
+            kind: VAE_RUN_KIND.into(),
+            step: 0,
+            config,
+            model,
+            ema_updates: 0,
+            elapsed_s: 0.0,
+            eval_psnr: None,
+        }
+    };
+    let cfg = state.config.clone();
+    let varmap = VarMap::new();
+    let vae = WorldVae::new(
+        state.model.clone(),
+        SeededVarMap::var_builder(&varmap, cfg.seed, &device),
+    )?;
+    let mut opt = AdamW::new(&varmap, cfg.optim.clone())?;
+    let mut ema = Ema::new(&varmap, cfg.ema_decay)?;
+    if resume {
+        let tensors = run.load_tensors(&device)?;
+        restore_vars(&varmap, &tensors, "param.")?;
+        opt.load_state(&tensors, state.step)?;
+        let avg: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
+            .collect();
+        ema.load(&avg, state.ema_updates)?;
+    }
+    let eval_clips = vae_eval_clips(cfg.eval_clips, &device)?;
+    let save = |state: &VaeRunState, opt: &AdamW, ema: &Ema| -> Result<()> {
+        let mut tensors = var_tensors(&varmap, "param.");
+        tensors.extend(opt.state_tensors());
+        tensors.extend(
+            ema.tensors()
+                .into_iter()
+                .map(|(k, v)| (format!("ema.{k}"), v)),
+        );
+        run.save(state, &tensors)
+    };
+
+    events(TrainEvent::Start {
+        step: state.step,
+        total: cfg.steps,
+    });
+    let mut meter = Meter::default();
+    let mut clock = Instant::now();
+    while state.step < cfg.steps {
+        let step = state.step;
+        let mut rng = ChaCha8Rng::seed_from_u64(item_seed(cfg.seed, step, usize::MAX >> 1));
+        let shape = *cfg.shapes.choose(&mut rng).expect("at least one shape");
+        let mut clips = Vec::with_capacity(cfg.batch);
+        for i in 0..cfg.batch {
+            let scene = Scene::sample(item_seed(cfg.seed, step, i));
+            let video = render_clip(&scene, shape)?;
+            let crop = random_crop(&mut rng, shape.width, shape.height, cfg.crop);
+            clips.push(video_tensor(&video, Some(crop), &device)?);
+        }
+        let x = Tensor::stack(&clips, 0)?;
+        let loss = vae.loss(&x, cfg.kl_weight, &mut rng)?;
+        let info = opt.backward_step(&loss.total)?;
+        ema.update()?;
+        state.step += 1;
+        state.ema_updates = ema.updates();
+        let recon = loss.recon.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        meter.add("loss", loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        meter.add("recon_mse", recon);
+        meter.add("kl", loss.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        meter.add("grad_norm", info.grad_norm);
+        meter.add("lr", info.lr);
+        let now = Instant::now();
+        state.elapsed_s += now.duration_since(clock).as_secs_f64();
+        clock = now;
+
+        let logged = state.step % cfg.log_every == 0 || state.step == cfg.steps;
+        let metrics = meter.means();
+        if logged {
+            let mut rec = serde_json::Map::new();
+            rec.insert("step".into(), state.step.into());
+            rec.insert("elapsed_s".into(), state.elapsed_s.into());
+            for (k, v) in &metrics {
+                rec.insert((*k).into(), (*v).into());
+            }
+            run.log(&rec)?;
+            meter.reset();
+        }
+        events(TrainEvent::Step {
+            step: state.step,
+            total: cfg.steps,
+            metrics,
+            logged,
+        });
+        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+            let averaged = vae_from_tensors(&state.model, ema.tensors(), &device)?;
+            let p = reconstruction_psnr(&averaged, &eval_clips)?;
+            state.eval_psnr = Some(p);
+            run.log(&serde_json::json!({"step": state.step, "eval_psnr_db": p}))?;
+            events(TrainEvent::Eval {
+                step: state.step,
+                metrics: vec![("psnr_db", p)],
+            });
+            clock = Instant::now();
+        }
+        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+            save(&state, &opt, &ema)?;
+            events(TrainEvent::Checkpoint { step: state.step });
+            clock = Instant::now();
+        }
+    }
+    Ok(state)
+}
+
+/// The averaged weights of a finished (or running) VAE run, and its config.
+pub fn load_vae_run(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(VaeRunState, HashMap<String, Tensor>)> {
+    let state: VaeRunState = run.load_state()?;
+    if state.kind != VAE_RUN_KIND {
+        candle_core::bail!(
+            "{} holds a {:?} run, not a world VAE run",
+            run.path().display(),
+            state.kind
+        );
+    }
+    let tensors = run.load_tensors(device)?;
+    let avg: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v)))
+        .collect();
+    Ok((state, avg))
+}
