@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
+use zoetrope_models::world::dit::WorldDitConfig;
+use zoetrope_models::world::model::SamplingDefaults;
+use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
+use zoetrope_train::dit::{train_dit, DitTrainConfig, NewDitRun};
+use zoetrope_train::export::export_model;
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
 use zoetrope_train::{RunDir, TrainEvent};
 
@@ -15,6 +20,60 @@ use crate::progress;
 pub enum TrainCommand {
     /// Train the world VAE (video compression network) on clips rendered on the fly.
     Vae(VaeArgs),
+    /// Train the diffusion transformer and text encoder on latents of a trained VAE.
+    Dit(DitArgs),
+    /// Write a VAE run and a DiT run as a model directory (model.safetensors + model.json).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct DitArgs {
+    /// Run directory: checkpoint, state, log and latent cache go here.
+    #[arg(long)]
+    out: PathBuf,
+    /// The VAE run whose (averaged) weights make the latents.
+    #[arg(long, required_unless_present = "resume")]
+    vae: Option<PathBuf>,
+    /// Continue the run saved in --out (its settings are kept; --steps may raise the total).
+    #[arg(long)]
+    resume: bool,
+    /// Total training steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Clips per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Seed of the initial weights and of the data.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Upper bound of the latent cache, in chunks of 128 clips.
+    #[arg(long)]
+    max_chunks: Option<usize>,
+    /// DiT shape as JSON (a WorldDitConfig file); the shipped default otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The VAE run.
+    #[arg(long)]
+    vae: PathBuf,
+    /// The DiT run.
+    #[arg(long)]
+    dit: PathBuf,
+    /// Output model directory.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Weight precision: f16 (shipping) or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// A note on how the runs were made (machine, commands), stored in model.json.
+    #[arg(long)]
+    note: Option<String>,
 }
 
 #[derive(Args)]
@@ -127,6 +186,8 @@ fn short(v: f64) -> String {
 pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     match cmd {
         TrainCommand::Vae(args) => vae(args),
+        TrainCommand::Dit(args) => dit(args),
+        TrainCommand::Export(args) => export(args),
     }
 }
 
@@ -163,6 +224,98 @@ fn vae(args: VaeArgs) -> anyhow::Result<()> {
             .map(|p| format!("{p:.2} dB"))
             .unwrap_or_else(|| "not measured".into()),
         args.out.display()
+    );
+    Ok(())
+}
+
+fn dit(args: DitArgs) -> anyhow::Result<()> {
+    let run = RunDir::create(&args.out)?;
+    let new = if args.resume {
+        None
+    } else {
+        let vae_dir = args
+            .vae
+            .as_ref()
+            .expect("clap requires --vae without --resume");
+        let mut config = DitTrainConfig {
+            seed: args.seed,
+            batch: args.batch,
+            ..DitTrainConfig::default()
+        };
+        config.optim.lr = args.lr;
+        if let Some(s) = args.steps {
+            config.steps = s;
+        }
+        if let Some(m) = args.max_chunks {
+            config.max_chunks = m;
+        }
+        config.optim.decay_until = Some(config.steps);
+        let dit = match &args.config {
+            Some(p) => WorldDitConfig::from_json(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )?,
+            None => WorldDitConfig::default(),
+        };
+        Some((config, dit, RunDir::create(vae_dir)?))
+    };
+    let mut reporter = Reporter::new();
+    let state = train_dit(
+        &run,
+        new.as_ref().map(|(config, dit, vae_run)| NewDitRun {
+            config: config.clone(),
+            dit: dit.clone(),
+            text: WorldTextConfig::default(),
+            vae_run,
+        }),
+        args.steps,
+        &mut |e| reporter.handle(e),
+    )
+    .with_context(|| format!("training the DiT in {}", args.out.display()))?;
+    reporter.finish();
+    eprintln!(
+        "DiT: {} steps in {:.0} s of training; validation loss {}; run in {}",
+        state.step,
+        state.elapsed_s,
+        state
+            .val_loss
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "not measured".into()),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let dtype = match args.dtype.as_str() {
+        "f16" => candle_core::DType::F16,
+        "f32" => candle_core::DType::F32,
+        other => anyhow::bail!("--dtype {other} is not supported: use f16 or f32"),
+    };
+    let training = serde_json::json!({
+        "note": args.note.unwrap_or_default(),
+        "zoetrope_version": env!("CARGO_PKG_VERSION"),
+    });
+    let manifest = export_model(
+        &RunDir::create(&args.vae)?,
+        &RunDir::create(&args.dit)?,
+        &args.output,
+        dtype,
+        SamplingDefaults::default(),
+        training,
+    )
+    .with_context(|| format!("exporting to {}", args.output.display()))?;
+    let size: u64 = ["model.safetensors", "model.json"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(args.output.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "wrote {} ({:.1} MB; DiT {} blocks of width {}, VAE {} latent channels)",
+        args.output.display(),
+        size as f64 / 1e6,
+        manifest.dit.depth,
+        manifest.dit.dim,
+        manifest.vae.latent_channels
     );
     Ok(())
 }

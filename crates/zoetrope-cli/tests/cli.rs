@@ -204,15 +204,33 @@ fn unparsable_prompt_names_the_unknown_words() {
     assert_clean_error(&out, &["zeppelin", "hovers"]);
 }
 
+/// Without `--model` the built-in world model runs; a build without its weights says what is
+/// missing and what to pass instead.
 #[test]
-fn generate_without_a_model_says_so() {
+fn generate_without_a_model_uses_the_builtin_one_or_says_it_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let still = dir.path().join("still.png");
     let out = zoetrope(&[
         "generate",
         "a red ball bounces to the right",
+        "--frames",
+        "1",
+        "--steps",
+        "1",
         "-o",
-        "never.mp4",
+        path_str(&still),
     ]);
-    assert_clean_error(&out, &["no built-in video model", "--model"]);
+    if out.status.success() {
+        let v = zoetrope_video::read_video(&still).unwrap();
+        assert_eq!(v.len(), 1);
+    } else {
+        assert_clean_error(
+            &out,
+            &["this build has no built-in world model: \
+               crates/zoetrope-models/weights/world/model.{json,safetensors} are missing; \
+               pass --model DIR"],
+        );
+    }
 }
 
 fn wan_fixtures() -> std::path::PathBuf {
@@ -355,4 +373,242 @@ fn generate_rejects_impossible_wan_sizes_and_bad_latents() {
         "never.mp4",
     ]);
     assert_clean_error(&o, &["model_index.json"]);
+}
+
+/// A tiny world model folder (random weights; the DiT starts at zero velocity, which is enough to
+/// run every path of `generate`): 32x32, 9 frames at 8 fps and 2 steps by default, sizes in
+/// multiples of 8.
+fn tiny_world_model(dir: &Path) {
+    use candle_core::{DType, Device};
+    use zoetrope_models::world::dit::WorldDitConfig;
+    use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest, FORMAT};
+    use zoetrope_models::world::text::{WorldTextConfig, WorldTokenizer};
+    use zoetrope_models::world::vae::WorldVaeConfig;
+
+    let tokenizer =
+        WorldTokenizer::new(["a", "red", "blue", "ball", "square", "falls", "on", "black"]);
+    let manifest = WorldModelManifest {
+        format: FORMAT.to_string(),
+        vae: WorldVaeConfig::tiny(),
+        dit: WorldDitConfig::tiny(),
+        text: WorldTextConfig::tiny(tokenizer.vocab_size()),
+        tokenizer: serde_json::from_str(&tokenizer.to_json()).unwrap(),
+        defaults: SamplingDefaults {
+            width: 32,
+            height: 32,
+            frames: 9,
+            fps: 8.0,
+            steps: 2,
+            guidance: 3.0,
+            shift: 2.0,
+            sampler: "unipc".into(),
+        },
+        training: serde_json::Value::Null,
+    };
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    WorldModel::from_var_builder(manifest.clone(), vb).unwrap();
+    varmap.save(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.json"), manifest.to_json()).unwrap();
+}
+
+/// Reads a clip `generate` wrote: (width, height, frames).
+fn clip_shape(path: &Path) -> (u32, u32, usize) {
+    let v = zoetrope_video::read_video(path).unwrap();
+    (v.width(), v.height(), v.len())
+}
+
+#[test]
+fn generate_with_a_world_model_folder_writes_a_playable_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    tiny_world_model(&model);
+
+    // The model's defaults: 32x32, 9 frames, 8 fps.
+    let mp4 = dir.path().join("clip.mp4");
+    let o = zoetrope(&[
+        "generate",
+        "a red ball falls on black",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&mp4),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wrote"), "{}", stderr(&o));
+    assert_eq!(clip_shape(&mp4), (32, 32, 9));
+    let v = zoetrope_video::read_video(&mp4).unwrap();
+    assert!((v.fps() - 8.0).abs() < 1e-6, "fps {}", v.fps());
+
+    // Flags override the defaults; another aspect ratio, Euler, no guidance, a GIF.
+    let gif = dir.path().join("clip.gif");
+    let o = zoetrope(&[
+        "generate",
+        "a blue square",
+        "--model",
+        path_str(&model),
+        "--size",
+        "48x32",
+        "--frames",
+        "5",
+        "--fps",
+        "10",
+        "--sampler",
+        "euler",
+        "--guidance",
+        "1",
+        "--seed",
+        "3",
+        "-o",
+        path_str(&gif),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(clip_shape(&gif), (48, 32, 5));
+
+    // One frame with no -o: a still image, out.png.
+    let o = Command::new(env!("CARGO_BIN_EXE_zoetrope"))
+        .args([
+            "generate",
+            "a red ball",
+            "--model",
+            path_str(&model),
+            "--frames",
+            "1",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(clip_shape(&dir.path().join("out.png")), (32, 32, 1));
+
+    // Unknown words: a warning naming them and the vocabulary, and the clip still comes out.
+    let o = zoetrope(&[
+        "generate",
+        "a red zeppelin",
+        "--model",
+        path_str(&model),
+        "--frames",
+        "1",
+        "-o",
+        path_str(&dir.path().join("z.png")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_default();
+    assert!(
+        warning.contains("\"zeppelin\"") && warning.contains("ball, black, blue"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_conditions_the_world_model_on_images_and_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    tiny_world_model(&model);
+    let clip = dir.path().join("input.gif");
+    let pattern = zoetrope_video::pattern::moving_test_pattern(32, 32, 9, 8.0).unwrap();
+    zoetrope_video::write_video(&clip, &pattern).unwrap();
+    // A picture of another size: scaled and cropped to an allowed size near its own.
+    let image = dir.path().join("input.png");
+    let wide = zoetrope_video::pattern::moving_test_pattern(50, 30, 1, 8.0).unwrap();
+    zoetrope_video::write_video(&image, &wide).unwrap();
+
+    let run = |name: &str, flags: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["generate", "a red ball", "--model", path_str(&model)];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-o", path_str(&out)]);
+        let o = zoetrope(&args);
+        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
+        clip_shape(&out)
+    };
+    let (c, i) = (path_str(&clip), path_str(&image));
+    assert_eq!(run("i2v.gif", &["--image", i]), (48, 32, 9));
+    // 9 new frames of which the first 5 are the clip's last 5: 4 added.
+    assert_eq!(run("fwd.gif", &["--extend", c]), (32, 32, 9 + 4));
+    // Backward: 4 new frames before the clip.
+    assert_eq!(
+        run("bwd.gif", &["--extend", c, "--backward"]),
+        (32, 32, 4 + 9)
+    );
+    assert_eq!(run("loop.gif", &["--loop"]), (32, 32, 9));
+    assert_eq!(
+        run("loop_image.gif", &["--loop", "--image", c]),
+        (32, 32, 9)
+    );
+    assert_eq!(
+        run("connect.gif", &["--connect", c, c]),
+        (32, 32, 9 + 3 + 9)
+    );
+    assert_eq!(
+        run("edit.gif", &["--edit", c, "--strength", "0.5"]),
+        (32, 32, 9)
+    );
+}
+
+#[test]
+fn generate_refuses_flags_a_model_family_lacks_and_impossible_world_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_world_model(dir.path());
+    let world = path_str(dir.path());
+    let o = zoetrope(&[
+        "generate",
+        "a ball",
+        "--model",
+        world,
+        "--latents",
+        "x.safetensors",
+    ]);
+    assert_clean_error(&o, &["--latents", "Wan 2.1 folders only"]);
+    let o = zoetrope(&[
+        "generate",
+        "a ball",
+        "--model",
+        world,
+        "-o",
+        "raw.safetensors",
+    ]);
+    assert_clean_error(&o, &[".safetensors", "Wan 2.1 folders only"]);
+    let wan = wan_fixtures().join("tiny");
+    let o = zoetrope(&["generate", "a ball", "--model", path_str(&wan), "--loop"]);
+    assert_clean_error(&o, &["--loop", "world model"]);
+    let o = zoetrope(&[
+        "generate",
+        "a ball",
+        "--model",
+        world,
+        "--size",
+        "30x32",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["multiples of 8", "32x32"]);
+    let o = zoetrope(&[
+        "generate",
+        "a ball",
+        "--model",
+        world,
+        "--frames",
+        "8",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["1 + 4k", "5 or 9"]);
+    let o = zoetrope(&[
+        "generate",
+        "a ball",
+        "--model",
+        world,
+        "--extend",
+        "missing.mp4",
+        "-o",
+        "never.mp4",
+    ]);
+    assert_clean_error(&o, &["--extend", "missing.mp4"]);
 }

@@ -3,7 +3,9 @@
 //! seed, with checkpoints a stopped run resumes from.
 
 pub mod data;
+pub mod dit;
 pub mod events;
+pub mod export;
 pub mod init;
 pub mod optim;
 pub mod run;

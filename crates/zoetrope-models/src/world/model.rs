@@ -150,6 +150,19 @@ impl WorldModel {
         Self::from_var_builder(manifest, vb)
     }
 
+    /// Loads the model embedded in this build (see [`super::builtin`]), or says how to get one.
+    pub fn builtin(dtype: DType, device: &Device) -> Result<Self> {
+        let Some((manifest, weights)) = super::builtin() else {
+            return Err(err(format!(
+                "this build has no built-in world model: {}/model.{{json,safetensors}} are \
+                 missing; pass --model DIR",
+                super::BUILTIN_DIR
+            )));
+        };
+        Self::from_bytes(manifest, weights, dtype, device)
+            .map_err(|e| err(format!("the built-in world model does not load: {e}")))
+    }
+
     /// Loads a model from the bytes of its two files (the built-in model is embedded this way).
     pub fn from_bytes(
         manifest_json: &str,

@@ -1,0 +1,530 @@
+//! Training the world DiT and its text encoder together on VAE latents.
+//!
+//! Latents come from a cache of encoded clips, built in chunks of [`CHUNK`] clips, one clip shape
+//! per chunk (shapes cycle through mixed sizes, aspect ratios and durations, as Sora trains on
+//! native sizes); a batch is drawn from one chunk so its latents stack. The cache starts with
+//! `initial_chunks` and grows by one chunk every `grow_every` steps, so early steps are not spent
+//! waiting for the whole cache while later steps see ever more distinct clips. Captions are
+//! written afresh at every use (random wording, from the clip's scene spec), dropped with
+//! probability `caption_dropout` for classifier-free guidance; latent frames are given as
+//! conditioning by random masks (first frame, first/last k, first and last, random).
+//!
+//! Every clip comes from [`zoetrope_world::dataset::sample_training_clip`], which never draws a
+//! held-out colour/shape/motion combination, so the held-out prompts are unseen in training.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use zoetrope_models::world::dit::{
+    caption_dropout, flow_matching_loss, flow_matching_loss_at, FrameMaskConfig, TimestepSampler,
+    WorldDit, WorldDitConfig,
+};
+use zoetrope_models::world::text::{
+    split_words, WorldTextConfig, WorldTextEncoder, WorldTokenizer,
+};
+use zoetrope_models::world::vae::{WorldVae, WorldVaeConfig};
+use zoetrope_world::dataset::sample_training_clip;
+use zoetrope_world::describe;
+
+use crate::data::{item_seed, render_clip, video_tensor, ClipShape};
+use crate::events::{Meter, TrainEvent};
+use crate::init::SeededVarMap;
+use crate::optim::{AdamW, Ema, OptimConfig};
+use crate::run::{restore_vars, var_tensors, RunDir};
+use crate::vae::{load_vae_run, vae_from_tensors};
+
+/// Clips per cache chunk.
+pub const CHUNK: usize = 128;
+/// Training captions sampled to build the tokenizer's vocabulary.
+const VOCAB_CAPTIONS: u64 = 20_000;
+/// Seed salt of the cache's clips (distinct from the VAE's data).
+const CACHE_SALT: u64 = 0xD17_CAC4E;
+
+/// Settings of a DiT training run (saved in the run's state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DitTrainConfig {
+    pub seed: u64,
+    pub steps: usize,
+    pub batch: usize,
+    /// Clip shapes of the cache chunks, cycled by chunk index.
+    pub shapes: Vec<ClipShape>,
+    pub initial_chunks: usize,
+    pub max_chunks: usize,
+    pub grow_every: usize,
+    pub caption_dropout: f64,
+    pub masks: FrameMaskConfig,
+    pub timesteps: TimestepSampler,
+    /// Timestep shift during training.
+    pub shift: f64,
+    pub optim: OptimConfig,
+    pub ema_decay: f64,
+    pub log_every: usize,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+}
+
+impl Default for DitTrainConfig {
+    fn default() -> Self {
+        let s = ClipShape::new(64, 64, 17);
+        Self {
+            seed: 0,
+            steps: 3000,
+            batch: 16,
+            shapes: vec![
+                s,
+                ClipShape::new(96, 64, 17),
+                s,
+                ClipShape::new(64, 96, 17),
+                s,
+                ClipShape::new(64, 64, 33),
+                s,
+                ClipShape::new(64, 64, 9),
+                s,
+                ClipShape::new(64, 64, 1),
+            ],
+            initial_chunks: 16,
+            max_chunks: 96,
+            grow_every: 50,
+            caption_dropout: 0.1,
+            masks: FrameMaskConfig::default(),
+            timesteps: TimestepSampler::default(),
+            shift: 1.0,
+            optim: OptimConfig {
+                lr: 5e-4,
+                warmup: 200,
+                weight_decay: 0.01,
+                ..OptimConfig::default()
+            },
+            ema_decay: 0.999,
+            log_every: 10,
+            eval_every: 250,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+/// `state.json` of a DiT run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DitRunState {
+    pub kind: String,
+    pub step: usize,
+    pub config: DitTrainConfig,
+    pub dit: WorldDitConfig,
+    pub text: WorldTextConfig,
+    /// The tokenizer (JSON of [`WorldTokenizer::to_json`]).
+    pub tokenizer: serde_json::Value,
+    /// The VAE the latents come from (its config, with `scaling_factor` set from the cache).
+    pub vae: WorldVaeConfig,
+    /// Directory of the VAE run.
+    pub vae_run: String,
+    pub ema_updates: usize,
+    pub elapsed_s: f64,
+    pub val_loss: Option<f64>,
+}
+
+pub const DIT_RUN_KIND: &str = "world-dit";
+
+/// Words of `VOCAB_CAPTIONS` training captions, sorted: the tokenizer's vocabulary. Words only
+/// the parser knows (synonyms no caption uses) stay unknown, so a prompt using them gets the
+/// warning instead of an untrained embedding.
+pub fn training_vocabulary() -> Vec<String> {
+    let mut words = BTreeSet::new();
+    for seed in 0..VOCAB_CAPTIONS {
+        let (_, caption) = sample_training_clip(seed);
+        words.extend(split_words(&caption));
+    }
+    words.into_iter().collect()
+}
+
+/// The latent cache of a run: chunk files `cache/chunk_NNNNN.safetensors` holding `latents`
+/// (posterior means, unscaled) and `seeds`.
+struct LatentCache {
+    dir: std::path::PathBuf,
+    chunks: Vec<(ClipShape, Tensor, Vec<u64>)>,
+}
+
+impl LatentCache {
+    fn chunk_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.join(format!("chunk_{i:05}.safetensors"))
+    }
+
+    fn clip_seed(run_seed: u64, chunk: usize, i: usize) -> u64 {
+        item_seed(run_seed ^ CACHE_SALT, chunk, i)
+    }
+
+    /// Loads or builds chunks up to `n`.
+    fn ensure(
+        &mut self,
+        n: usize,
+        cfg: &DitTrainConfig,
+        vae: &WorldVae,
+        events: &mut dyn FnMut(TrainEvent),
+    ) -> Result<()> {
+        let device = Device::Cpu;
+        while self.chunks.len() < n {
+            let i = self.chunks.len();
+            let shape = cfg.shapes[i % cfg.shapes.len()];
+            let path = self.chunk_path(i);
+            if path.exists() {
+                let t = candle_core::safetensors::load(&path, &device)?;
+                let latents = t
+                    .get("latents")
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!("{}: no latents", path.display()))
+                    })?
+                    .clone();
+                let seeds: Vec<u64> = t
+                    .get("seeds")
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!("{}: no seeds", path.display()))
+                    })?
+                    .to_vec1::<i64>()?
+                    .into_iter()
+                    .map(|s| s as u64)
+                    .collect();
+                self.chunks.push((shape, latents, seeds));
+                continue;
+            }
+            let seeds: Vec<u64> = (0..CHUNK)
+                .map(|j| Self::clip_seed(cfg.seed, i, j))
+                .collect();
+            let mut means = Vec::with_capacity(CHUNK);
+            for (j, group) in seeds.chunks(8).enumerate() {
+                let clips = group
+                    .iter()
+                    .map(|&s| {
+                        let (scene, _) = sample_training_clip(s);
+                        video_tensor(&render_clip(&scene, shape)?, None, &device)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (mean, _) = vae.encode(&Tensor::stack(&clips, 0)?)?;
+                means.push(mean);
+                events(TrainEvent::Prepare {
+                    what: "encode",
+                    done: i * CHUNK + (j + 1) * 8,
+                    total: n * CHUNK,
+                });
+            }
+            let latents = Tensor::cat(&means, 0)?;
+            let seed_t = Tensor::new(
+                seeds
+                    .iter()
+                    .map(|&s| s as i64)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                &device,
+            )?;
+            let tmp = self.dir.join(format!(".chunk_{i:05}.tmp"));
+            candle_core::safetensors::save(
+                &HashMap::from([
+                    ("latents".to_string(), latents.clone()),
+                    ("seeds".into(), seed_t),
+                ]),
+                &tmp,
+            )?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+            self.chunks.push((shape, latents, seeds));
+        }
+        Ok(())
+    }
+}
+
+/// The live models of a run.
+struct Models {
+    varmap: VarMap,
+    text: WorldTextEncoder,
+    dit: WorldDit,
+}
+
+fn build_models(state: &DitRunState, seed: u64, device: &Device) -> Result<Models> {
+    let varmap = VarMap::new();
+    let vb = SeededVarMap::var_builder(&varmap, seed, device);
+    let text = WorldTextEncoder::new(&state.text, vb.pp("text"))?;
+    let dit = WorldDit::new(&state.dit, vb.pp("dit"))?;
+    Ok(Models { varmap, text, dit })
+}
+
+/// Flow-matching loss of the averaged weights on a fixed validation batch (fixed clips, noise,
+/// times spread over (0, 1), no conditioning): comparable across steps and runs.
+fn validation_loss(
+    state: &DitRunState,
+    ema: &HashMap<String, Tensor>,
+    tokenizer: &WorldTokenizer,
+    cache: &LatentCache,
+    device: &Device,
+) -> Result<f64> {
+    let vb = candle_nn::VarBuilder::from_tensors(ema.clone(), DType::F32, device);
+    let text = WorldTextEncoder::new(&state.text, vb.pp("text"))?;
+    let dit = WorldDit::new(&state.dit, vb.pp("dit"))?;
+    let (_, latents, seeds) = &cache.chunks[0];
+    let n = 16.min(latents.dim(0)?);
+    let x0 = (latents.narrow(0, 0, n)? * state.vae.scaling_factor)?;
+    let captions: Vec<String> = seeds[..n]
+        .iter()
+        .map(|&s| sample_training_clip(s).1)
+        .collect();
+    let (tokens, mask, _) = text.encode_prompts(tokenizer, &captions)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7A1);
+    let noise = zoetrope_models::world::dit::randn_like(&x0, &mut rng)?;
+    let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
+    let loss = flow_matching_loss_at(&dit, &x0, &noise, &t, &tokens, &mask, None)?;
+    loss.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Settings of a new DiT run that do not live in [`DitTrainConfig`].
+pub struct NewDitRun<'a> {
+    pub config: DitTrainConfig,
+    pub dit: WorldDitConfig,
+    /// Text encoder shape; its `vocab_size` is set from the vocabulary.
+    pub text: WorldTextConfig,
+    pub vae_run: &'a RunDir,
+}
+
+/// Trains (or resumes) the DiT in `run`.
+pub fn train_dit(
+    run: &RunDir,
+    new: Option<NewDitRun<'_>>,
+    steps_override: Option<usize>,
+    events: &mut dyn FnMut(TrainEvent),
+) -> Result<DitRunState> {
+    let device = Device::Cpu;
+    let resume = new.is_none();
+    let (mut state, vae_tensors) = match new {
+        None => {
+            let mut s: DitRunState = run.load_state()?;
+            if s.kind != DIT_RUN_KIND {
+                candle_core::bail!(
+                    "{} holds a {:?} run, not a world DiT run",
+                    run.path().display(),
+                    s.kind
+                );
+            }
+            if let Some(n) = steps_override {
+                s.config.steps = n;
+            }
+            let (_, vae_tensors) = load_vae_run(&RunDir::create(s.vae_run.as_ref())?, &device)?;
+            (s, vae_tensors)
+        }
+        Some(new) => {
+            if run.has_state() {
+                candle_core::bail!(
+                    "{} already holds a training run: pass --resume to continue it, or choose \
+                     another --out directory",
+                    run.path().display()
+                );
+            }
+            let (vae_state, vae_tensors) = load_vae_run(new.vae_run, &device)?;
+            let vocab = training_vocabulary();
+            let tokenizer = WorldTokenizer::new(vocab.iter().map(String::as_str));
+            let mut text = new.text;
+            text.vocab_size = tokenizer.vocab_size();
+            let mut dit = new.dit;
+            dit.latent_channels = vae_state.model.latent_channels;
+            dit.text_dim = text.dim;
+            dit.validate()?;
+            text.validate()?;
+            let tok_json: serde_json::Value = serde_json::from_str(&tokenizer.to_json())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            (
+                DitRunState {
+                    kind: DIT_RUN_KIND.into(),
+                    step: 0,
+                    config: new.config,
+                    dit,
+                    text,
+                    tokenizer: tok_json,
+                    vae: vae_state.model,
+                    vae_run: new.vae_run.path().display().to_string(),
+                    ema_updates: 0,
+                    elapsed_s: 0.0,
+                    val_loss: None,
+                },
+                vae_tensors,
+            )
+        }
+    };
+    let cfg = state.config.clone();
+    let tokenizer = WorldTokenizer::from_json(&state.tokenizer.to_string())?;
+    let vae = vae_from_tensors(&state.vae, vae_tensors, &device)?;
+    let cache_dir = run.file("cache");
+    std::fs::create_dir_all(&cache_dir)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", cache_dir.display())))?;
+    let mut cache = LatentCache {
+        dir: cache_dir,
+        chunks: vec![],
+    };
+    let chunks_at =
+        |step: usize| (cfg.initial_chunks + step / cfg.grow_every.max(1)).min(cfg.max_chunks);
+    cache.ensure(chunks_at(state.step), &cfg, &vae, events)?;
+    if !resume {
+        // Unit variance for the diffusion model: scale latents by 1/std of the first chunks.
+        let all = Tensor::cat(
+            &cache
+                .chunks
+                .iter()
+                .take(4)
+                .map(|(_, l, _)| l.flatten_all())
+                .collect::<Result<Vec<_>>>()?,
+            0,
+        )?;
+        let var = all.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+        state.vae.scaling_factor = 1.0 / var.sqrt().max(1e-6);
+    }
+
+    let models = build_models(&state, cfg.seed, &device)?;
+    let mut opt = AdamW::new(&models.varmap, cfg.optim.clone())?;
+    let mut ema = Ema::new(&models.varmap, cfg.ema_decay)?;
+    if resume {
+        let tensors = run.load_tensors(&device)?;
+        restore_vars(&models.varmap, &tensors, "param.")?;
+        opt.load_state(&tensors, state.step)?;
+        let avg: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
+            .collect();
+        ema.load(&avg, state.ema_updates)?;
+    }
+    let save = |state: &DitRunState, opt: &AdamW, ema: &Ema| -> Result<()> {
+        let mut tensors = var_tensors(&models.varmap, "param.");
+        tensors.extend(opt.state_tensors());
+        tensors.extend(
+            ema.tensors()
+                .into_iter()
+                .map(|(k, v)| (format!("ema.{k}"), v)),
+        );
+        run.save(state, &tensors)
+    };
+
+    events(TrainEvent::Start {
+        step: state.step,
+        total: cfg.steps,
+    });
+    let mut meter = Meter::default();
+    let mut clock = Instant::now();
+    while state.step < cfg.steps {
+        let step = state.step;
+        let want = chunks_at(step);
+        if want > cache.chunks.len() {
+            cache.ensure(want, &cfg, &vae, &mut |_| {})?;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(item_seed(cfg.seed, step, usize::MAX >> 2));
+        let ci = rng.random_range(0..cache.chunks.len());
+        let (_, latents, seeds) = &cache.chunks[ci];
+        let idx: Vec<u32> = (0..cfg.batch)
+            .map(|_| rng.random_range(0..seeds.len()) as u32)
+            .collect();
+        let x0 = (latents.index_select(&Tensor::new(idx.as_slice(), &device)?, 0)?
+            * state.vae.scaling_factor)?;
+        let captions: Vec<String> = idx
+            .iter()
+            .map(|&i| describe(&sample_training_clip(seeds[i as usize]).0.spec, &mut rng))
+            .collect();
+        let (captions, _) = caption_dropout(&captions, cfg.caption_dropout, &mut rng);
+        let (tokens, tmask, _) = models.text.encode_prompts(&tokenizer, &captions)?;
+        let frames = x0.dim(2)?;
+        let (fmask, kinds) = cfg.masks.sample(cfg.batch, frames, &mut rng, &device)?;
+        let conditioned = kinds
+            .iter()
+            .any(|k| !matches!(k, zoetrope_models::world::dit::FrameMaskKind::None));
+        let loss = flow_matching_loss(
+            &models.dit,
+            &x0,
+            &tokens,
+            &tmask,
+            conditioned.then_some(&fmask),
+            cfg.timesteps,
+            cfg.shift,
+            &mut rng,
+        )?;
+        let info = opt.backward_step(&loss)?;
+        ema.update()?;
+        state.step += 1;
+        state.ema_updates = ema.updates();
+        meter.add("loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        meter.add("grad_norm", info.grad_norm);
+        meter.add("lr", info.lr);
+        let now = Instant::now();
+        state.elapsed_s += now.duration_since(clock).as_secs_f64();
+        clock = now;
+
+        let logged = state.step % cfg.log_every == 0 || state.step == cfg.steps;
+        let metrics = meter.means();
+        if logged {
+            let mut rec = serde_json::Map::new();
+            rec.insert("step".into(), state.step.into());
+            rec.insert("elapsed_s".into(), state.elapsed_s.into());
+            rec.insert("cached_clips".into(), (cache.chunks.len() * CHUNK).into());
+            for (k, v) in &metrics {
+                rec.insert((*k).into(), (*v).into());
+            }
+            run.log(&rec)?;
+            meter.reset();
+        }
+        events(TrainEvent::Step {
+            step: state.step,
+            total: cfg.steps,
+            metrics,
+            logged,
+        });
+        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+            let v = validation_loss(&state, &ema.tensors(), &tokenizer, &cache, &device)?;
+            state.val_loss = Some(v);
+            run.log(&serde_json::json!({"step": state.step, "val_loss": v}))?;
+            events(TrainEvent::Eval {
+                step: state.step,
+                metrics: vec![("val_loss", v)],
+            });
+            clock = Instant::now();
+        }
+        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+            save(&state, &opt, &ema)?;
+            events(TrainEvent::Checkpoint { step: state.step });
+            clock = Instant::now();
+        }
+    }
+    Ok(state)
+}
+
+/// The averaged DiT + text weights (`dit.*`, `text.*`) and state of a DiT run.
+pub fn load_dit_run(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(DitRunState, HashMap<String, Tensor>)> {
+    let state: DitRunState = run.load_state()?;
+    if state.kind != DIT_RUN_KIND {
+        candle_core::bail!(
+            "{} holds a {:?} run, not a world DiT run",
+            run.path().display(),
+            state.kind
+        );
+    }
+    let tensors = run.load_tensors(device)?;
+    let avg = tensors
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v)))
+        .collect();
+    Ok((state, avg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabulary_covers_training_captions() {
+        let vocab = training_vocabulary();
+        assert!(vocab.len() > 30, "{}", vocab.len());
+        let tok = WorldTokenizer::new(vocab.iter().map(String::as_str));
+        for seed in 50_000..50_200 {
+            let (_, caption) = sample_training_clip(seed);
+            let (_, unknown) = tok.encode(&caption);
+            assert!(unknown.is_empty(), "{caption}: {unknown:?}");
+        }
+    }
+}
