@@ -1,5 +1,6 @@
 //! The `zoetrope` command: a thin layer of argument parsing and presentation over the libraries.
 
+mod eval_model;
 mod generate;
 mod progress;
 mod train_cmd;
@@ -29,7 +30,7 @@ enum Command {
     /// The procedural world: sample clips, write datasets, parse captions.
     #[command(subcommand)]
     World(world_cmd::WorldCommand),
-    /// Score videos against their prompts.
+    /// Score videos, or a world model's clips, against their prompts.
     #[command(subcommand)]
     Eval(world_cmd::EvalCommand),
     /// Train the built-in world model: `train vae`, then `train dit`, then `train export`.

@@ -6,13 +6,16 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use zoetrope_models::world::dit::WorldDitConfig;
-use zoetrope_models::world::model::SamplingDefaults;
+use zoetrope_models::world::model::{SamplingDefaults, WorldModel};
+use zoetrope_models::world::pipeline::WorldPipeline;
+use zoetrope_models::world::score::score_prompts;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
-use zoetrope_train::dit::{train_dit, DitTrainConfig, NewDitRun};
+use zoetrope_train::dit::{train_dit, DitTrainConfig, EvalHook, NewDitRun};
 use zoetrope_train::export::export_model;
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
 use zoetrope_train::{RunDir, TrainEvent};
+use zoetrope_world::dataset::sample_training_clip;
 
 use crate::progress;
 
@@ -55,7 +58,24 @@ pub struct DitArgs {
     /// DiT shape as JSON (a WorldDitConfig file); the shipped default otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Clips generated and scored at every evaluation (captions of training-distribution
+    /// scenes); 0 logs only the validation loss.
+    #[arg(long, default_value_t = 6)]
+    eval_prompts: usize,
 }
+
+/// Seeds of the scenes whose captions are scored during training.
+const TRAIN_EVAL_SEED: u64 = 7_000_000_000;
+/// Evaluator checks logged during training.
+const CHECKS: [&str; 7] = [
+    "background",
+    "colour",
+    "shape",
+    "size",
+    "permanence",
+    "motion",
+    "physics",
+];
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -258,6 +278,33 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
         };
         Some((config, dit, RunDir::create(vae_dir)?))
     };
+    // Every evaluation also generates a few clips from training-distribution captions (not the
+    // held-out prompts, which stay for the final evaluation) and scores them.
+    let prompts: Vec<String> = (0..args.eval_prompts as u64)
+        .map(|i| sample_training_clip(TRAIN_EVAL_SEED + i).1)
+        .collect();
+    let mut hook =
+        |_step: usize, model: WorldModel| -> candle_core::Result<Vec<(&'static str, f64)>> {
+            let pipe = WorldPipeline::new(model);
+            let mut req = pipe
+                .request("")
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            req.seed = 0;
+            let scores = score_prompts(&pipe, &prompts, &req, &mut ())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut metrics = vec![("score", scores.mean_total())];
+            for c in &scores.batch.summary.checks {
+                if let Some(name) = CHECKS.iter().find(|n| **n == c.name) {
+                    metrics.push((name, c.mean_score));
+                }
+            }
+            Ok(metrics)
+        };
+    let hook: Option<&mut EvalHook<'_>> = if prompts.is_empty() {
+        None
+    } else {
+        Some(&mut hook)
+    };
     let mut reporter = Reporter::new();
     let state = train_dit(
         &run,
@@ -268,6 +315,7 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             vae_run,
         }),
         args.steps,
+        hook,
         &mut |e| reporter.handle(e),
     )
     .with_context(|| format!("training the DiT in {}", args.out.display()))?;

@@ -89,6 +89,9 @@ pub enum WorldCommand {
 pub enum EvalCommand {
     /// Score videos of the procedural world against their prompts.
     World(EvalWorldArgs),
+    /// Generate a clip for each prompt (default: the held-out prompts) with a world model and
+    /// score them; `--reference` scores the ground truth or an untrained model the same way.
+    Model(crate::eval_model::EvalModelArgs),
 }
 
 #[derive(Args)]
@@ -208,7 +211,10 @@ pub fn run_world(cmd: WorldCommand) -> anyhow::Result<()> {
 }
 
 pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
-    let EvalCommand::World(args) = cmd;
+    let args = match cmd {
+        EvalCommand::World(args) => args,
+        EvalCommand::Model(args) => return crate::eval_model::run(args),
+    };
     match (&args.batch, &args.video, &args.prompt) {
         (Some(batch), _, _) => eval_batch(batch, args.json.as_deref()),
         (None, Some(video), Some(prompt)) => {

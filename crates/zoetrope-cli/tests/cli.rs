@@ -612,3 +612,161 @@ fn generate_refuses_flags_a_model_family_lacks_and_impossible_world_sizes() {
     ]);
     assert_clean_error(&o, &["--extend", "missing.mp4"]);
 }
+
+/// The percentage on the `total` line of a summary table.
+fn total_percent(table: &str) -> f64 {
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .unwrap_or_else(|| panic!("a total line in:\n{table}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_suffix('%').and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("a percentage in {line:?}"))
+}
+
+#[test]
+fn eval_model_scores_a_world_model_and_saves_its_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    tiny_world_model(&model);
+    let saved = dir.path().join("clips");
+    let o = zoetrope(&[
+        "eval",
+        "model",
+        "--model",
+        path_str(&model),
+        "--limit",
+        "2",
+        "--seed",
+        "5",
+        "--save-dir",
+        path_str(&saved),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    // Settings, then every kind of check the held-out prompts ask for, the total and the time.
+    let first = table.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("model: ") && first.contains("2 prompts from held-out"),
+        "{table}"
+    );
+    assert!(
+        first.contains("32x32, 9 frames") && first.contains("seeds 5..=6"),
+        "{table}"
+    );
+    for check in ["colour", "shape", "permanence", "motion"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(check)),
+            "no {check} row:\n{table}"
+        );
+    }
+    let total = total_percent(&table);
+    assert!((0.0..=100.0).contains(&total), "{table}");
+    assert!(table.contains("time generating: median"), "{table}");
+    // The tiny model knows few of the prompts' words: one warning says so.
+    assert_eq!(stderr(&o).matches("warning:").count(), 1, "{}", stderr(&o));
+
+    // The clips and a list that `eval world --batch` reads, scoring them the same way.
+    assert_eq!(clip_shape(&saved.join("000.mp4")), (32, 32, 9));
+    assert_eq!(clip_shape(&saved.join("001.mp4")), (32, 32, 9));
+    let list = std::fs::read_to_string(saved.join("prompts.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["video"], "001.mp4");
+    assert_eq!(lines[1]["seed"], 6);
+    let o = zoetrope(&[
+        "eval",
+        "world",
+        "--batch",
+        path_str(&saved.join("prompts.jsonl")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    total_percent(&stdout(&o));
+}
+
+#[test]
+fn eval_model_untrained_reference_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_world_model(dir.path());
+    let run = || {
+        zoetrope(&[
+            "eval",
+            "model",
+            "--model",
+            path_str(dir.path()),
+            "--reference",
+            "untrained",
+            "--limit",
+            "2",
+            "--steps",
+            "1",
+            "--json",
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    assert_eq!(json["settings"]["reference"], "untrained");
+    assert_eq!(json["settings"]["steps"], 1);
+    assert_eq!(json["summary"]["clips"], 2);
+    let clips = json["clips"].as_array().unwrap();
+    assert_eq!(clips.len(), 2);
+    assert_eq!(clips[1]["seed"], 1);
+    assert!(clips[0]["report"]["checks"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty()));
+    // Fresh weights from a fixed seed: the same scores every run.
+    let again: serde_json::Value = serde_json::from_str(&stdout(&run())).unwrap();
+    assert_eq!(json["summary"], again["summary"]);
+}
+
+#[test]
+fn eval_model_ground_truth_scores_high() {
+    // Needs no weights: without --model, the built-in model's defaults (or the stock ones).
+    let o = zoetrope(&[
+        "eval",
+        "model",
+        "--reference",
+        "ground-truth",
+        "--limit",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("ground truth: "), "{table}");
+    let total = total_percent(&table);
+    assert!(total > 90.0, "ground truth scored {total}%:\n{table}");
+}
+
+#[test]
+fn eval_model_errors_name_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "# two prompts\na red ball on black\na purple zeppelin\n",
+    )
+    .unwrap();
+    let gt = ["eval", "model", "--reference", "ground-truth"];
+    let o = zoetrope(&[&gt[..], &["--prompts", path_str(&prompts)]].concat());
+    assert_clean_error(&o, &["prompt 2", "a purple zeppelin", "zeppelin"]);
+    let o = zoetrope(&[&gt[..], &["--limit", "0"]].concat());
+    assert_clean_error(&o, &["--limit"]);
+    let missing = dir.path().join("missing.txt");
+    let o = zoetrope(&[&gt[..], &["--prompts", path_str(&missing)]].concat());
+    assert_clean_error(&o, &["missing.txt"]);
+    tiny_world_model(dir.path());
+    let o = zoetrope(&[
+        "eval",
+        "model",
+        "--model",
+        path_str(dir.path()),
+        "--frames",
+        "8",
+    ]);
+    assert_clean_error(&o, &["1 + 4k", "5 or 9"]);
+}

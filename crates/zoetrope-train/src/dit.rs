@@ -24,6 +24,7 @@ use zoetrope_models::world::dit::{
     caption_dropout, flow_matching_loss, flow_matching_loss_at, FrameMaskConfig, TimestepSampler,
     WorldDit, WorldDitConfig,
 };
+use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest, FORMAT};
 use zoetrope_models::world::text::{
     split_words, WorldTextConfig, WorldTextEncoder, WorldTokenizer,
 };
@@ -286,11 +287,41 @@ pub struct NewDitRun<'a> {
     pub vae_run: &'a RunDir,
 }
 
-/// Trains (or resumes) the DiT in `run`.
+/// The whole world model (VAE, text encoder, DiT) from a DiT run's state, its averaged weights
+/// and the VAE's weights, for evaluation during training and for export.
+pub fn world_model(
+    state: &DitRunState,
+    dit_and_text: &HashMap<String, Tensor>,
+    vae: &HashMap<String, Tensor>,
+    defaults: SamplingDefaults,
+) -> Result<WorldModel> {
+    let manifest = WorldModelManifest {
+        format: FORMAT.into(),
+        vae: state.vae.clone(),
+        dit: state.dit.clone(),
+        text: state.text.clone(),
+        tokenizer: state.tokenizer.clone(),
+        defaults,
+        training: serde_json::Value::Null,
+    };
+    let mut tensors = dit_and_text.clone();
+    tensors.extend(vae.iter().map(|(k, v)| (format!("vae.{k}"), v.clone())));
+    WorldModel::from_var_builder(
+        manifest,
+        candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+}
+
+/// Scores a model during training (e.g. generates a few prompts and runs the evaluator);
+/// called with the step and the model built from the averaged weights at every evaluation.
+pub type EvalHook<'a> = dyn FnMut(usize, WorldModel) -> Result<Vec<(&'static str, f64)>> + 'a;
+
+/// Trains (or resumes) the DiT in `run`; `eval_hook` adds metrics at every evaluation.
 pub fn train_dit(
     run: &RunDir,
     new: Option<NewDitRun<'_>>,
     steps_override: Option<usize>,
+    mut eval_hook: Option<&mut EvalHook<'_>>,
     events: &mut dyn FnMut(TrainEvent),
 ) -> Result<DitRunState> {
     let device = Device::Cpu;
@@ -351,7 +382,7 @@ pub fn train_dit(
     };
     let cfg = state.config.clone();
     let tokenizer = WorldTokenizer::from_json(&state.tokenizer.to_string())?;
-    let vae = vae_from_tensors(&state.vae, vae_tensors, &device)?;
+    let vae = vae_from_tensors(&state.vae, vae_tensors.clone(), &device)?;
     let cache_dir = run.file("cache");
     std::fs::create_dir_all(&cache_dir)
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", cache_dir.display())))?;
@@ -473,12 +504,24 @@ pub fn train_dit(
             logged,
         });
         if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
-            let v = validation_loss(&state, &ema.tensors(), &tokenizer, &cache, &device)?;
+            let averaged = ema.tensors();
+            let v = validation_loss(&state, &averaged, &tokenizer, &cache, &device)?;
             state.val_loss = Some(v);
-            run.log(&serde_json::json!({"step": state.step, "val_loss": v}))?;
+            let mut metrics = vec![("val_loss", v)];
+            if let Some(hook) = eval_hook.as_deref_mut() {
+                let model =
+                    world_model(&state, &averaged, &vae_tensors, SamplingDefaults::default())?;
+                metrics.extend(hook(state.step, model)?);
+            }
+            let mut rec = serde_json::Map::new();
+            rec.insert("step".into(), state.step.into());
+            for (k, v) in &metrics {
+                rec.insert(format!("eval_{k}"), (*v).into());
+            }
+            run.log(&rec)?;
             events(TrainEvent::Eval {
                 step: state.step,
-                metrics: vec![("val_loss", v)],
+                metrics,
             });
             clock = Instant::now();
         }

@@ -110,7 +110,7 @@ fn dit_training_resumes_exactly() {
             text: WorldTextConfig::tiny(1),
             vae_run: &vae,
         });
-        let state = train_dit(&run, new, Some(steps), &mut |_| {}).unwrap();
+        let state = train_dit(&run, new, Some(steps), None, &mut |_| {}).unwrap();
         assert_eq!(state.step, steps);
         run
     };

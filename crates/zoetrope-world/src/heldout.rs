@@ -446,6 +446,11 @@ pub fn heldout_prompt_file() -> String {
     text
 }
 
+/// The committed prompt file `crates/zoetrope-world/data/heldout_prompts.txt`, built into the
+/// crate so that `zoetrope eval model` scores the held-out prompts from any directory (a test
+/// keeps it equal to [`heldout_prompt_file`]).
+pub const HELDOUT_PROMPT_FILE: &str = include_str!("../data/heldout_prompts.txt");
+
 /// The prompts of a prompt file: one a line, blank lines and lines starting with `#` skipped,
 /// surrounding spaces trimmed.
 pub fn read_prompt_list(text: &str) -> Vec<String> {
@@ -473,7 +478,7 @@ mod tests {
     const TRAINING_SEEDS: u64 = 20_000;
 
     /// The committed prompt file.
-    const PROMPT_FILE: &str = include_str!("../data/heldout_prompts.txt");
+    const PROMPT_FILE: &str = HELDOUT_PROMPT_FILE;
 
     /// Lower-case words and sentence punctuation, split as the caption parser splits text.
     fn tokens(text: &str) -> Vec<String> {

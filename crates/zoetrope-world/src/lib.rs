@@ -29,6 +29,7 @@ pub use eval::{
 };
 pub use heldout::{
     heldout_prompt_file, heldout_prompts, is_held_out, read_prompt_list, spec_is_held_out,
+    HELDOUT_PROMPT_FILE,
 };
 pub use physics::ObjectState;
 pub use render::{render, RenderOptions};

@@ -5,6 +5,7 @@
 pub mod dit;
 pub mod model;
 pub mod pipeline;
+pub mod score;
 pub mod text;
 pub mod vae;
 

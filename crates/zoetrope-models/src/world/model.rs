@@ -134,6 +134,16 @@ impl WorldModel {
         })
     }
 
+    /// The same model with its text encoder and DiT rebuilt from `vb` (keys `text.*`, `dit.*`),
+    /// keeping the VAE, the vocabulary and the configs: with freshly initialised weights in `vb`,
+    /// the untrained baseline a trained model is compared with. (A fresh DiT predicts zero
+    /// velocity, adaLN-Zero, so that model decodes its initial noise.)
+    pub fn with_text_and_dit_from(mut self, vb: VarBuilder) -> Result<Self> {
+        self.text = WorldTextEncoder::new(&self.manifest.text, vb.pp("text"))?;
+        self.dit = WorldDit::new(&self.manifest.dit, vb.pp("dit"))?;
+        Ok(self)
+    }
+
     /// Loads `model.json` and `model.safetensors` from `dir`.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let manifest_path = dir.join(MANIFEST_FILE);
