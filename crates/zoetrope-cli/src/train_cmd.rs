@@ -122,6 +122,10 @@ pub struct VaeArgs {
     /// VAE shape as JSON (a WorldVaeConfig file); the shipped default otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// With --resume: from now on train only the decoder, the encoder frozen at its averaged
+    /// weights, so a DiT trained on this VAE's latents stays valid.
+    #[arg(long, requires = "resume")]
+    freeze_encoder: bool,
 }
 
 /// Draws training events as a progress bar with the latest metrics, and prints a line per log,
@@ -221,6 +225,7 @@ fn vae(args: VaeArgs) -> anyhow::Result<()> {
         seed: args.seed,
         batch: args.batch,
         crop: args.crop,
+        freeze_encoder: args.freeze_encoder,
         ..VaeTrainConfig::default()
     };
     config.optim.lr = args.lr;

@@ -83,9 +83,19 @@ pub struct AdamW {
 impl AdamW {
     /// Starts from zero moments for every variable of `varmap`.
     pub fn new(varmap: &VarMap, config: OptimConfig) -> Result<Self> {
+        Self::new_filtered(varmap, config, |_| true)
+    }
+
+    /// Optimises only the variables whose name passes `train` (the rest stay frozen).
+    pub fn new_filtered(
+        varmap: &VarMap,
+        config: OptimConfig,
+        train: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
         let mut params: Vec<_> = data
             .iter()
+            .filter(|(name, _)| train(name))
             .map(|(name, var)| {
                 let z = var.as_tensor().zeros_like()?;
                 Ok((name.clone(), var.clone(), z.clone(), z))
@@ -205,17 +215,23 @@ impl AdamW {
 /// warm start `min(decay, (1 + n) / (10 + n))` so early averages are not dominated by the init).
 pub struct Ema {
     decay: f64,
-    /// (name, live variable, average), sorted by name.
-    params: Vec<(String, Var, Tensor)>,
+    /// (name, live variable, average, averaged), sorted by name.
+    params: Vec<(String, Var, Tensor, bool)>,
     updates: usize,
 }
 
 impl Ema {
     pub fn new(varmap: &VarMap, decay: f64) -> Result<Self> {
+        Self::new_filtered(varmap, decay, |_| true)
+    }
+
+    /// Averages only the variables whose name passes `train`; [`Ema::tensors`] gives the others'
+    /// live values (frozen variables do not drift through rounding).
+    pub fn new_filtered(varmap: &VarMap, decay: f64, train: impl Fn(&str) -> bool) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
         let mut params: Vec<_> = data
             .iter()
-            .map(|(n, v)| Ok((n.clone(), v.clone(), v.as_tensor().copy()?)))
+            .map(|(n, v)| Ok((n.clone(), v.clone(), v.as_tensor().copy()?, train(n))))
             .collect::<Result<_>>()?;
         params.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
@@ -229,8 +245,12 @@ impl Ema {
     pub fn update(&mut self) -> Result<()> {
         let n = self.updates as f64;
         let d = self.decay.min((1.0 + n) / (10.0 + n));
-        for (_, var, avg) in &mut self.params {
-            *avg = ((&*avg * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
+        for (_, var, avg, averaged) in &mut self.params {
+            *avg = if *averaged {
+                ((&*avg * d)? + (var.as_tensor().detach() * (1.0 - d))?)?
+            } else {
+                var.as_tensor().copy()?
+            };
         }
         self.updates += 1;
         Ok(())
@@ -240,13 +260,13 @@ impl Ema {
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.params
             .iter()
-            .map(|(n, _, a)| (n.clone(), a.clone()))
+            .map(|(n, _, a, _)| (n.clone(), a.clone()))
             .collect()
     }
 
     /// Restores saved averages (missing names keep the live values).
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>, updates: usize) -> Result<()> {
-        for (name, var, avg) in &mut self.params {
+        for (name, var, avg, _) in &mut self.params {
             if let Some(t) = tensors.get(name) {
                 *avg = t.to_dtype(var.dtype())?;
             }

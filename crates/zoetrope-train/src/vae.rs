@@ -47,6 +47,11 @@ pub struct VaeTrainConfig {
     pub checkpoint_every: usize,
     /// Held-out clips per evaluation size.
     pub eval_clips: usize,
+    /// Train the decoder only, on the posterior means of a frozen encoder (set to its averaged
+    /// weights when freezing starts). A diffusion model trained on this VAE's latents stays
+    /// valid, since the latents no longer change, while reconstructions keep improving.
+    #[serde(default)]
+    pub freeze_encoder: bool,
 }
 
 impl Default for VaeTrainConfig {
@@ -76,6 +81,7 @@ impl Default for VaeTrainConfig {
             eval_every: 100,
             checkpoint_every: 50,
             eval_clips: 4,
+            freeze_encoder: false,
         }
     }
 }
@@ -145,6 +151,7 @@ pub fn train_vae(
     steps_override: Option<usize>,
     events: &mut dyn FnMut(TrainEvent),
 ) -> Result<VaeRunState> {
+    let freeze_now = config.freeze_encoder;
     let device = Device::Cpu;
     let mut state = if resume {
         let mut s: VaeRunState = run.load_state()?;
@@ -159,6 +166,8 @@ pub fn train_vae(
             s.config.steps = n;
         }
         s
+    } else if freeze_now {
+        candle_core::bail!("freezing the encoder continues a trained run: pass --resume")
     } else {
         if run.has_state() {
             candle_core::bail!(
@@ -185,22 +194,36 @@ pub fn train_vae(
             eval_psnr: None,
         }
     };
+    let start_freezing = resume && freeze_now && !state.config.freeze_encoder;
+    if start_freezing {
+        state.config.freeze_encoder = true;
+    }
     let cfg = state.config.clone();
     let varmap = VarMap::new();
     let vae = WorldVae::new(
         state.model.clone(),
         SeededVarMap::var_builder(&varmap, cfg.seed, &device),
     )?;
-    let mut opt = AdamW::new(&varmap, cfg.optim.clone())?;
-    let mut ema = Ema::new(&varmap, cfg.ema_decay)?;
+    let trains = |name: &str| !cfg.freeze_encoder || name.starts_with("decoder.");
+    let mut opt = AdamW::new_filtered(&varmap, cfg.optim.clone(), trains)?;
+    let mut ema = Ema::new_filtered(&varmap, cfg.ema_decay, trains)?;
     if resume {
         let tensors = run.load_tensors(&device)?;
         restore_vars(&varmap, &tensors, "param.")?;
-        opt.load_state(&tensors, state.step)?;
         let avg: HashMap<String, Tensor> = tensors
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
             .collect();
+        if start_freezing {
+            // The encoder is frozen at the averaged weights other models were trained with.
+            let data = varmap.data().lock().expect("varmap lock");
+            for (name, var) in data.iter().filter(|(n, _)| n.starts_with("encoder.")) {
+                if let Some(t) = avg.get(name) {
+                    var.set(t)?;
+                }
+            }
+        }
+        opt.load_state(&tensors, state.step)?;
         ema.load(&avg, state.ema_updates)?;
     }
     let eval_clips = vae_eval_clips(cfg.eval_clips, &device)?;
@@ -233,7 +256,18 @@ pub fn train_vae(
             clips.push(video_tensor(&video, Some(crop), &device)?);
         }
         let x = Tensor::stack(&clips, 0)?;
-        let loss = vae.loss(&x, cfg.kl_weight, &mut rng)?;
+        let loss = if cfg.freeze_encoder {
+            let (mean, _) = vae.encode(&x)?;
+            let recon = (vae.decode(&mean.detach())? - &x)?.sqr()?.mean_all()?;
+            let kl = Tensor::zeros((), DType::F32, &device)?;
+            zoetrope_models::world::vae::VaeLoss {
+                total: recon.clone(),
+                recon,
+                kl,
+            }
+        } else {
+            vae.loss(&x, cfg.kl_weight, &mut rng)?
+        };
         let info = opt.backward_step(&loss.total)?;
         ema.update()?;
         state.step += 1;

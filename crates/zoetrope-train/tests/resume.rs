@@ -119,3 +119,55 @@ fn dit_training_resumes_exactly() {
     let resumed = run_dit("b", 3, true);
     assert_same(&params(&straight), &params(&resumed));
 }
+
+#[test]
+fn freezing_the_encoder_keeps_its_averaged_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train_vae_run(&tmp.path().join("a"), 3, false);
+    let before = params(&run);
+    let frozen = VaeTrainConfig {
+        freeze_encoder: true,
+        ..vae_config(5)
+    };
+    train_vae(
+        &run,
+        frozen,
+        WorldVaeConfig::tiny(),
+        true,
+        Some(5),
+        &mut |_| {},
+    )
+    .unwrap();
+    let after = params(&run);
+    let mut decoder_moved = false;
+    for (k, v) in &after {
+        let Some(name) = k.strip_prefix("param.") else {
+            continue;
+        };
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        if name.starts_with("encoder.") {
+            // Live encoder = its average from before freezing, and its average no longer moves.
+            let ema_before = &before[&format!("ema.{name}")];
+            assert_eq!(diff(v, ema_before), 0.0, "{name}");
+            assert_eq!(
+                diff(&after[&format!("ema.{name}")], ema_before),
+                0.0,
+                "{name}"
+            );
+        } else if diff(v, &before[k]) > 0.0 {
+            decoder_moved = true;
+        }
+    }
+    assert!(decoder_moved);
+}
