@@ -40,9 +40,13 @@ pub struct DitArgs {
     /// Continue the run saved in --out (its settings are kept; --steps may raise the total).
     #[arg(long)]
     resume: bool,
-    /// Total training steps.
+    /// Total training steps (the learning-rate schedule runs over them).
     #[arg(long)]
     steps: Option<usize>,
+    /// Stop this session after this step (with a checkpoint), keeping the schedule of --steps;
+    /// --resume continues.
+    #[arg(long)]
+    stop_at: Option<usize>,
     /// Clips per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -104,9 +108,13 @@ pub struct VaeArgs {
     /// Continue the run saved in --out (its settings are kept; --steps may raise the total).
     #[arg(long)]
     resume: bool,
-    /// Total training steps.
+    /// Total training steps (the learning-rate schedule runs over them).
     #[arg(long)]
     steps: Option<usize>,
+    /// Stop this session after this step (with a checkpoint), keeping the schedule of --steps;
+    /// --resume continues.
+    #[arg(long)]
+    stop_at: Option<usize>,
     /// Clips per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -235,9 +243,15 @@ fn vae(args: VaeArgs) -> anyhow::Result<()> {
     // Cosine decay over the planned run.
     config.optim.decay_until = Some(config.steps);
     let mut reporter = Reporter::new();
-    let state = train_vae(&run, config, model, args.resume, args.steps, &mut |e| {
-        reporter.handle(e)
-    })
+    let state = train_vae(
+        &run,
+        config,
+        model,
+        args.resume,
+        args.steps,
+        args.stop_at,
+        &mut |e| reporter.handle(e),
+    )
     .with_context(|| format!("training the VAE in {}", args.out.display()))?;
     reporter.finish();
     eprintln!(
@@ -320,6 +334,7 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             vae_run,
         }),
         args.steps,
+        args.stop_at,
         hook,
         &mut |e| reporter.handle(e),
     )

@@ -49,7 +49,10 @@ fn train_resume_export_and_generate() {
             "--config", vae_cfg_s,
         ]
     };
-    ok(&zoetrope(&vae_args("2")));
+    let mut first = vae_args("3");
+    first.extend(["--stop-at", "2"]);
+    let msg = ok(&zoetrope(&first));
+    assert!(msg.contains("VAE: 2 steps"), "{msg}");
     // Starting again over a run is refused; --resume continues it.
     let again = zoetrope(&vae_args("3"));
     assert!(!again.status.success());

@@ -321,6 +321,7 @@ pub fn train_dit(
     run: &RunDir,
     new: Option<NewDitRun<'_>>,
     steps_override: Option<usize>,
+    stop_at: Option<usize>,
     mut eval_hook: Option<&mut EvalHook<'_>>,
     events: &mut dyn FnMut(TrainEvent),
 ) -> Result<DitRunState> {
@@ -438,7 +439,9 @@ pub fn train_dit(
     });
     let mut meter = Meter::default();
     let mut clock = Instant::now();
-    while state.step < cfg.steps {
+    // `stop_at` ends this session early (after a checkpoint) without changing the schedule.
+    let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    while state.step < end {
         let step = state.step;
         let want = chunks_at(step);
         if want > cache.chunks.len() {
@@ -484,7 +487,7 @@ pub fn train_dit(
         state.elapsed_s += now.duration_since(clock).as_secs_f64();
         clock = now;
 
-        let logged = state.step % cfg.log_every == 0 || state.step == cfg.steps;
+        let logged = state.step % cfg.log_every == 0 || state.step == end;
         let metrics = meter.means();
         if logged {
             let mut rec = serde_json::Map::new();
@@ -503,7 +506,7 @@ pub fn train_dit(
             metrics,
             logged,
         });
-        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+        if state.step % cfg.eval_every == 0 || state.step == end {
             let averaged = ema.tensors();
             let v = validation_loss(&state, &averaged, &tokenizer, &cache, &device)?;
             state.val_loss = Some(v);
@@ -525,7 +528,7 @@ pub fn train_dit(
             });
             clock = Instant::now();
         }
-        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+        if state.step % cfg.checkpoint_every == 0 || state.step == end {
             save(&state, &opt, &ema)?;
             events(TrainEvent::Checkpoint { step: state.step });
             clock = Instant::now();

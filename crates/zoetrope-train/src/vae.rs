@@ -149,6 +149,7 @@ pub fn train_vae(
     model: WorldVaeConfig,
     resume: bool,
     steps_override: Option<usize>,
+    stop_at: Option<usize>,
     events: &mut dyn FnMut(TrainEvent),
 ) -> Result<VaeRunState> {
     let freeze_now = config.freeze_encoder;
@@ -244,7 +245,9 @@ pub fn train_vae(
     });
     let mut meter = Meter::default();
     let mut clock = Instant::now();
-    while state.step < cfg.steps {
+    // `stop_at` ends this session early (after a checkpoint) without changing the schedule.
+    let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    while state.step < end {
         let step = state.step;
         let mut rng = ChaCha8Rng::seed_from_u64(item_seed(cfg.seed, step, usize::MAX >> 1));
         let shape = *cfg.shapes.choose(&mut rng).expect("at least one shape");
@@ -282,7 +285,7 @@ pub fn train_vae(
         state.elapsed_s += now.duration_since(clock).as_secs_f64();
         clock = now;
 
-        let logged = state.step % cfg.log_every == 0 || state.step == cfg.steps;
+        let logged = state.step % cfg.log_every == 0 || state.step == end;
         let metrics = meter.means();
         if logged {
             let mut rec = serde_json::Map::new();
@@ -300,7 +303,7 @@ pub fn train_vae(
             metrics,
             logged,
         });
-        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+        if state.step % cfg.eval_every == 0 || state.step == end {
             let averaged = vae_from_tensors(&state.model, ema.tensors(), &device)?;
             let p = reconstruction_psnr(&averaged, &eval_clips)?;
             state.eval_psnr = Some(p);
@@ -311,7 +314,7 @@ pub fn train_vae(
             });
             clock = Instant::now();
         }
-        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+        if state.step % cfg.checkpoint_every == 0 || state.step == end {
             save(&state, &opt, &ema)?;
             events(TrainEvent::Checkpoint { step: state.step });
             clock = Instant::now();

@@ -56,6 +56,7 @@ fn train_vae_run(dir: &std::path::Path, steps: usize, resume: bool) -> RunDir {
         WorldVaeConfig::tiny(),
         resume,
         Some(steps),
+        None,
         &mut |_| {},
     )
     .unwrap();
@@ -77,6 +78,7 @@ fn vae_training_is_seeded_and_resumes_exactly() {
         vae_config(4),
         WorldVaeConfig::tiny(),
         false,
+        None,
         None,
         &mut |_| {},
     )
@@ -110,7 +112,7 @@ fn dit_training_resumes_exactly() {
             text: WorldTextConfig::tiny(1),
             vae_run: &vae,
         });
-        let state = train_dit(&run, new, Some(steps), None, &mut |_| {}).unwrap();
+        let state = train_dit(&run, new, Some(steps), None, None, &mut |_| {}).unwrap();
         assert_eq!(state.step, steps);
         run
     };
