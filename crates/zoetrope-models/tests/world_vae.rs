@@ -271,12 +271,11 @@ fn save_and_load_round_trip() {
     let x = noise(&[1, 3, 5, 16, 24], 3);
     let (m, lv) = vae.encode(&x).unwrap();
     let (m2, lv2) = loaded.encode(&x).unwrap();
-    assert_eq!(max_diff(&m, &m2), 0.0);
-    assert_eq!(max_diff(&lv, &lv2), 0.0);
-    assert_eq!(
-        max_diff(&vae.decode(&m).unwrap(), &loaded.decode(&m).unwrap()),
-        0.0
-    );
+    // The trainable model's convs run as im2col + matmul, the loaded one's as conv2d: the same
+    // sums in another order, so equal to rounding.
+    assert!(max_diff(&m, &m2) < 1e-5);
+    assert!(max_diff(&lv, &lv2) < 1e-5);
+    assert!(max_diff(&vae.decode(&m).unwrap(), &loaded.decode(&m).unwrap()) < 1e-5);
 
     // f16 storage, computed in f32: close to the f32 model.
     let path16 = dir.path().join("vae16.safetensors");

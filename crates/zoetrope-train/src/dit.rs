@@ -36,7 +36,7 @@ use crate::data::{item_seed, render_clip, video_tensor, ClipShape};
 use crate::events::{Meter, TrainEvent};
 use crate::init::SeededVarMap;
 use crate::optim::{AdamW, Ema, OptimConfig};
-use crate::run::{restore_vars, var_tensors, RunDir};
+use crate::run::{averages, checkpoint_tensors, log_metrics, restore_vars, RunDir};
 use crate::vae::{load_vae_run, vae_from_tensors};
 
 /// Clips per cache chunk.
@@ -416,21 +416,11 @@ pub fn train_dit(
         let tensors = run.load_tensors(&device)?;
         restore_vars(&models.varmap, &tensors, "param.")?;
         opt.load_state(&tensors, state.step)?;
-        let avg: HashMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
-            .collect();
+        let avg = averages(&tensors);
         ema.load(&avg, state.ema_updates)?;
     }
     let save = |state: &DitRunState, opt: &AdamW, ema: &Ema| -> Result<()> {
-        let mut tensors = var_tensors(&models.varmap, "param.");
-        tensors.extend(opt.state_tensors());
-        tensors.extend(
-            ema.tensors()
-                .into_iter()
-                .map(|(k, v)| (format!("ema.{k}"), v)),
-        );
-        run.save(state, &tensors)
+        run.save(state, &checkpoint_tensors(&models.varmap, opt, ema))
     };
 
     events(TrainEvent::Start {
@@ -490,14 +480,11 @@ pub fn train_dit(
         let logged = state.step % cfg.log_every == 0 || state.step == end;
         let metrics = meter.means();
         if logged {
-            let mut rec = serde_json::Map::new();
-            rec.insert("step".into(), state.step.into());
-            rec.insert("elapsed_s".into(), state.elapsed_s.into());
-            rec.insert("cached_clips".into(), (cache.chunks.len() * CHUNK).into());
-            for (k, v) in &metrics {
-                rec.insert((*k).into(), (*v).into());
-            }
-            run.log(&rec)?;
+            let fields = [
+                ("elapsed_s", state.elapsed_s.into()),
+                ("cached_clips", (cache.chunks.len() * CHUNK).into()),
+            ];
+            log_metrics(run, state.step, &fields, "", &metrics)?;
             meter.reset();
         }
         events(TrainEvent::Step {
@@ -516,12 +503,7 @@ pub fn train_dit(
                     world_model(&state, &averaged, &vae_tensors, SamplingDefaults::default())?;
                 metrics.extend(hook(state.step, model)?);
             }
-            let mut rec = serde_json::Map::new();
-            rec.insert("step".into(), state.step.into());
-            for (k, v) in &metrics {
-                rec.insert(format!("eval_{k}"), (*v).into());
-            }
-            run.log(&rec)?;
+            log_metrics(run, state.step, &[], "eval_", &metrics)?;
             events(TrainEvent::Eval {
                 step: state.step,
                 metrics,
@@ -550,12 +532,7 @@ pub fn load_dit_run(
             state.kind
         );
     }
-    let tensors = run.load_tensors(device)?;
-    let avg = tensors
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v)))
-        .collect();
-    Ok((state, avg))
+    Ok((state, averages(&run.load_tensors(device)?)))
 }
 
 #[cfg(test)]

@@ -126,3 +126,47 @@ pub fn var_tensors(varmap: &candle_nn::VarMap, prefix: &str) -> HashMap<String, 
         .map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().clone()))
         .collect()
 }
+
+/// Everything a checkpoint holds: live weights (`param.*`), optimiser moments (`adam_*`) and
+/// weight averages (`ema.*`).
+pub fn checkpoint_tensors(
+    varmap: &candle_nn::VarMap,
+    opt: &crate::optim::AdamW,
+    ema: &crate::optim::Ema,
+) -> HashMap<String, Tensor> {
+    let mut tensors = var_tensors(varmap, "param.");
+    tensors.extend(opt.state_tensors());
+    tensors.extend(
+        ema.tensors()
+            .into_iter()
+            .map(|(k, v)| (format!("ema.{k}"), v)),
+    );
+    tensors
+}
+
+/// The weight averages of a checkpoint, by variable name.
+pub fn averages(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
+        .collect()
+}
+
+/// One log line: `step`, then `fields` and `metrics` (named with `prefix`).
+pub fn log_metrics(
+    run: &RunDir,
+    step: usize,
+    fields: &[(&str, serde_json::Value)],
+    prefix: &str,
+    metrics: &[(&'static str, f64)],
+) -> Result<()> {
+    let mut rec = serde_json::Map::new();
+    rec.insert("step".into(), step.into());
+    for (k, v) in fields {
+        rec.insert((*k).into(), v.clone());
+    }
+    for (k, v) in metrics {
+        rec.insert(format!("{prefix}{k}"), (*v).into());
+    }
+    run.log(&rec)
+}

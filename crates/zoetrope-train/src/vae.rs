@@ -22,7 +22,7 @@ use crate::data::{item_seed, random_crop, render_clip, video_tensor, ClipShape};
 use crate::events::{Meter, TrainEvent};
 use crate::init::SeededVarMap;
 use crate::optim::{AdamW, Ema, OptimConfig};
-use crate::run::{restore_vars, var_tensors, RunDir};
+use crate::run::{averages, checkpoint_tensors, log_metrics, restore_vars, RunDir};
 
 /// First seed of the VAE's held-out evaluation clips (training seeds are hashes, see
 /// [`item_seed`], and never land in this range in practice).
@@ -211,10 +211,7 @@ pub fn train_vae(
     if resume {
         let tensors = run.load_tensors(&device)?;
         restore_vars(&varmap, &tensors, "param.")?;
-        let avg: HashMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v.clone())))
-            .collect();
+        let avg = averages(&tensors);
         if start_freezing {
             // The encoder is frozen at the averaged weights other models were trained with.
             let data = varmap.data().lock().expect("varmap lock");
@@ -229,14 +226,7 @@ pub fn train_vae(
     }
     let eval_clips = vae_eval_clips(cfg.eval_clips, &device)?;
     let save = |state: &VaeRunState, opt: &AdamW, ema: &Ema| -> Result<()> {
-        let mut tensors = var_tensors(&varmap, "param.");
-        tensors.extend(opt.state_tensors());
-        tensors.extend(
-            ema.tensors()
-                .into_iter()
-                .map(|(k, v)| (format!("ema.{k}"), v)),
-        );
-        run.save(state, &tensors)
+        run.save(state, &checkpoint_tensors(&varmap, opt, ema))
     };
 
     events(TrainEvent::Start {
@@ -288,13 +278,13 @@ pub fn train_vae(
         let logged = state.step % cfg.log_every == 0 || state.step == end;
         let metrics = meter.means();
         if logged {
-            let mut rec = serde_json::Map::new();
-            rec.insert("step".into(), state.step.into());
-            rec.insert("elapsed_s".into(), state.elapsed_s.into());
-            for (k, v) in &metrics {
-                rec.insert((*k).into(), (*v).into());
-            }
-            run.log(&rec)?;
+            log_metrics(
+                run,
+                state.step,
+                &[("elapsed_s", state.elapsed_s.into())],
+                "",
+                &metrics,
+            )?;
             meter.reset();
         }
         events(TrainEvent::Step {
@@ -336,10 +326,5 @@ pub fn load_vae_run(
             state.kind
         );
     }
-    let tensors = run.load_tensors(device)?;
-    let avg: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("ema.").map(|n| (n.to_string(), v)))
-        .collect();
-    Ok((state, avg))
+    Ok((state, averages(&run.load_tensors(device)?)))
 }

@@ -137,6 +137,7 @@ fn freezing_the_encoder_keeps_its_averaged_weights() {
         WorldVaeConfig::tiny(),
         true,
         Some(5),
+        None,
         &mut |_| {},
     )
     .unwrap();
