@@ -330,13 +330,7 @@ pub fn train_dit(
     let (mut state, vae_tensors) = match new {
         None => {
             let mut s: DitRunState = run.load_state()?;
-            if s.kind != DIT_RUN_KIND {
-                candle_core::bail!(
-                    "{} holds a {:?} run, not a world DiT run",
-                    run.path().display(),
-                    s.kind
-                );
-            }
+            run.expect_kind(&s.kind, DIT_RUN_KIND)?;
             if let Some(n) = steps_override {
                 s.config.steps = n;
             }
@@ -344,13 +338,7 @@ pub fn train_dit(
             (s, vae_tensors)
         }
         Some(new) => {
-            if run.has_state() {
-                candle_core::bail!(
-                    "{} already holds a training run: pass --resume to continue it, or choose \
-                     another --out directory",
-                    run.path().display()
-                );
-            }
+            run.expect_new()?;
             let (vae_state, vae_tensors) = load_vae_run(new.vae_run, &device)?;
             let vocab = training_vocabulary();
             let tokenizer = WorldTokenizer::new(vocab.iter().map(String::as_str));
@@ -525,13 +513,7 @@ pub fn load_dit_run(
     device: &Device,
 ) -> Result<(DitRunState, HashMap<String, Tensor>)> {
     let state: DitRunState = run.load_state()?;
-    if state.kind != DIT_RUN_KIND {
-        candle_core::bail!(
-            "{} holds a {:?} run, not a world DiT run",
-            run.path().display(),
-            state.kind
-        );
-    }
+    run.expect_kind(&state.kind, DIT_RUN_KIND)?;
     Ok((state, averages(&run.load_tensors(device)?)))
 }
 

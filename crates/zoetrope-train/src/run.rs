@@ -67,6 +67,29 @@ impl RunDir {
         })
     }
 
+    /// An error when the directory already holds a run (a new run must not overwrite it).
+    pub fn expect_new(&self) -> Result<()> {
+        if self.has_state() {
+            candle_core::bail!(
+                "{} already holds a training run: pass --resume to continue it, or choose \
+                 another --out directory",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// An error unless a run's state says it is of `expected` kind (`found`).
+    pub fn expect_kind(&self, found: &str, expected: &str) -> Result<()> {
+        if found != expected {
+            candle_core::bail!(
+                "{} holds a {found:?} run, not a {expected:?} run",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Reads the state.
     pub fn load_state<S: DeserializeOwned>(&self) -> Result<S> {
         let path = self.file(STATE_FILE);

@@ -156,13 +156,7 @@ pub fn train_vae(
     let device = Device::Cpu;
     let mut state = if resume {
         let mut s: VaeRunState = run.load_state()?;
-        if s.kind != VAE_RUN_KIND {
-            candle_core::bail!(
-                "{} holds a {:?} run, not a world VAE run",
-                run.path().display(),
-                s.kind
-            );
-        }
+        run.expect_kind(&s.kind, VAE_RUN_KIND)?;
         if let Some(n) = steps_override {
             s.config.steps = n;
         }
@@ -170,13 +164,7 @@ pub fn train_vae(
     } else if freeze_now {
         candle_core::bail!("freezing the encoder continues a trained run: pass --resume")
     } else {
-        if run.has_state() {
-            candle_core::bail!(
-                "{} already holds a training run: pass --resume to continue it, or choose \
-                 another --out directory",
-                run.path().display()
-            );
-        }
+        run.expect_new()?;
         model.validate()?;
         let f = model.spatial_factor() as u32;
         if config.crop % f != 0 {
@@ -319,12 +307,6 @@ pub fn load_vae_run(
     device: &Device,
 ) -> Result<(VaeRunState, HashMap<String, Tensor>)> {
     let state: VaeRunState = run.load_state()?;
-    if state.kind != VAE_RUN_KIND {
-        candle_core::bail!(
-            "{} holds a {:?} run, not a world VAE run",
-            run.path().display(),
-            state.kind
-        );
-    }
+    run.expect_kind(&state.kind, VAE_RUN_KIND)?;
     Ok((state, averages(&run.load_tensors(device)?)))
 }
