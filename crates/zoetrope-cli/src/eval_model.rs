@@ -17,7 +17,8 @@ use serde::Serialize;
 use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest};
 use zoetrope_models::world::pipeline::{Stage, WorldPipeline};
 use zoetrope_models::world::score::{
-    score_ground_truth, score_prompts, BoxError, PromptScores, ScoreObserver, ScoredClip,
+    score_ground_truth, score_prompts, score_reconstructed, BoxError, PromptScores, ScoreObserver,
+    ScoredClip,
 };
 use zoetrope_world::{read_prompt_list, RenderOptions, HELDOUT_PROMPT_FILE};
 
@@ -40,6 +41,9 @@ pub enum Reference {
     /// The model's VAE with a freshly initialised text encoder and DiT (fixed seed): where
     /// training starts.
     Untrained,
+    /// The ground truth encoded and decoded by the model's VAE: the best a DiT on this VAE's
+    /// latents could score.
+    Reconstructed,
 }
 
 impl Reference {
@@ -48,6 +52,7 @@ impl Reference {
             Reference::Model => "model",
             Reference::GroundTruth => "ground truth",
             Reference::Untrained => "untrained",
+            Reference::Reconstructed => "ground truth through the VAE",
         }
     }
 }
@@ -103,7 +108,7 @@ struct Settings {
     height: usize,
     frames: usize,
     fps: f64,
-    /// `None` for the ground truth.
+    /// `None` when nothing was sampled (the ground truth, with or without the VAE).
     steps: Option<usize>,
     guidance: Option<f64>,
     seed: u64,
@@ -329,6 +334,7 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
         req.seed = args.seed;
         pipe.check(&req)?;
         warn_unknown_words(&pipe, &prompts);
+        let sampled = args.reference != Reference::Reconstructed;
         let settings = Settings {
             reference: args.reference.name(),
             model: model_name,
@@ -337,11 +343,21 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             height: req.height,
             frames: req.frames,
             fps: req.fps,
-            steps: Some(req.steps),
-            guidance: Some(req.guidance),
+            steps: sampled.then_some(req.steps),
+            guidance: sampled.then_some(req.guidance),
             seed: req.seed,
         };
-        let scores = score_prompts(&pipe, &prompts, &req, &mut observer)?;
+        let scores = if sampled {
+            score_prompts(&pipe, &prompts, &req, &mut observer)?
+        } else {
+            let opts = RenderOptions {
+                width: req.width as u32,
+                height: req.height as u32,
+                frames: req.frames,
+                fps: req.fps,
+            };
+            score_reconstructed(&pipe, &prompts, req.seed, &opts, &mut observer)?
+        };
         (settings, scores)
     };
     observer.bar.finish_and_clear();

@@ -11,7 +11,7 @@ use zoetrope_models::world::pipeline::WorldPipeline;
 use zoetrope_models::world::score::score_prompts;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
-use zoetrope_train::dit::{train_dit, DitTrainConfig, EvalHook, NewDitRun};
+use zoetrope_train::dit::{train_dit, DitResumeChanges, DitTrainConfig, EvalHook, NewDitRun};
 use zoetrope_train::export::export_model;
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
 use zoetrope_train::{RunDir, TrainEvent};
@@ -37,16 +37,23 @@ pub struct DitArgs {
     /// The VAE run whose (averaged) weights make the latents.
     #[arg(long, required_unless_present = "resume")]
     vae: Option<PathBuf>,
-    /// Continue the run saved in --out (its settings are kept; --steps may raise the total).
+    /// Continue the run saved in --out (its settings are kept, except what --steps and
+    /// --timestep-shift change from the resumed step on).
     #[arg(long)]
     resume: bool,
-    /// Total training steps (the learning-rate schedule runs over them).
+    /// Total training steps (the learning-rate schedule runs over them; on --resume, its
+    /// decay is stretched to the new total).
     #[arg(long)]
     steps: Option<usize>,
     /// Stop this session after this step (with a checkpoint), keeping the schedule of --steps;
     /// --resume continues.
     #[arg(long)]
     stop_at: Option<usize>,
+    /// Timestep shift of the training times, `t' = s·t / (1 + (s − 1)·t)`: above 1 trains
+    /// more at high noise, where the text decides the scene (default: the run's, 3 for a new
+    /// run).
+    #[arg(long)]
+    timestep_shift: Option<f64>,
     /// Clips per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -134,6 +141,10 @@ pub struct VaeArgs {
     /// weights, so a DiT trained on this VAE's latents stays valid.
     #[arg(long, requires = "resume")]
     freeze_encoder: bool,
+    /// Loss weight of foreground pixels (off the clip's background colour) relative to the
+    /// background; 1 weighs all pixels alike (new runs only).
+    #[arg(long, default_value_t = 6.0)]
+    foreground_weight: f64,
 }
 
 /// Draws training events as a progress bar with the latest metrics, and prints a line per log,
@@ -234,6 +245,7 @@ fn vae(args: VaeArgs) -> anyhow::Result<()> {
         batch: args.batch,
         crop: args.crop,
         freeze_encoder: args.freeze_encoder,
+        foreground_weight: args.foreground_weight,
         ..VaeTrainConfig::default()
     };
     config.optim.lr = args.lr;
@@ -288,6 +300,9 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
         if let Some(m) = args.max_chunks {
             config.max_chunks = m;
         }
+        if let Some(s) = args.timestep_shift {
+            config.shift = s;
+        }
         config.optim.decay_until = Some(config.steps);
         let dit = match &args.config {
             Some(p) => WorldDitConfig::from_json(
@@ -333,7 +348,10 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             text: WorldTextConfig::default(),
             vae_run,
         }),
-        args.steps,
+        DitResumeChanges {
+            steps: args.steps,
+            shift: args.timestep_shift,
+        },
         args.stop_at,
         hook,
         &mut |e| reporter.handle(e),

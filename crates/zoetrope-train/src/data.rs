@@ -73,6 +73,33 @@ pub fn video_tensor(
     Tensor::from_vec(data, (3, t, h as usize, w as usize), device)
 }
 
+/// Per-pixel loss weights `[1, T, H, W]` for a clip `[3, T, H, W]` in [-1, 1]: `weight` where a
+/// pixel differs from the clip's background colour (its per-channel median) by more than
+/// `threshold` in some channel, 1 elsewhere. Objects cover a few percent of a world clip, so an
+/// unweighted loss spends nearly all its gradient on the flat background they sit on.
+pub fn foreground_weight(clip: &Tensor, weight: f32, threshold: f32) -> Result<Tensor> {
+    let (c, t, h, w) = clip.dims4()?;
+    let n = t * h * w;
+    let data: Vec<f32> = clip.flatten_all()?.to_vec1()?;
+    let median = |ch: usize| {
+        let mut v = data[ch * n..(ch + 1) * n].to_vec();
+        let mid = n / 2;
+        *v.select_nth_unstable_by(mid, f32::total_cmp).1
+    };
+    let background: Vec<f32> = (0..c).map(median).collect();
+    let out: Vec<f32> = (0..n)
+        .map(|i| {
+            let far = (0..c).any(|ch| (data[ch * n + i] - background[ch]).abs() > threshold);
+            if far {
+                weight
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(out, (1, t, h, w), clip.device())
+}
+
 /// A random crop window of `size × size` inside `width × height`.
 pub fn random_crop<R: Rng + ?Sized>(
     rng: &mut R,
@@ -134,5 +161,52 @@ mod tests {
                 assert!(seen.insert(item_seed(1, s, i)));
             }
         }
+    }
+
+    #[test]
+    fn foreground_weight_marks_what_is_off_the_background() {
+        // 2 frames of 4×4 on a dark blue background; one pixel red in frame 0, one slightly
+        // off-blue (within the threshold) in frame 1.
+        let (t, h, w) = (2, 4, 4);
+        let n = t * h * w;
+        let mut data = vec![0f32; 3 * n];
+        for i in 0..n {
+            data[i] = -1.0;
+            data[n + i] = -1.0;
+            data[2 * n + i] = 0.2;
+        }
+        let red = 5; // frame 0, row 1, column 1
+        data[red] = 1.0;
+        data[2 * n + red] = -1.0;
+        let faint = h * w + 10; // frame 1
+        data[2 * n + faint] = 0.25;
+        let clip = Tensor::from_vec(data, (3, t, h, w), &Device::Cpu).unwrap();
+        let weights = foreground_weight(&clip, 6.0, 0.1).unwrap();
+        assert_eq!(weights.dims(), [1, t, h, w]);
+        let v: Vec<f32> = weights.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(x, if i == red { 6.0 } else { 1.0 }, "pixel {i}");
+        }
+    }
+
+    #[test]
+    fn weighted_mse_is_a_weighted_mean() {
+        use zoetrope_models::world::vae::weighted_mse;
+        // Errors 1 on the first pixel, 0 elsewhere, 2 channels, 4 pixels.
+        let sq = Tensor::from_vec(
+            vec![1f32, 0., 0., 0., 1., 0., 0., 0.],
+            (1, 2, 1, 2, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = Tensor::from_vec(vec![3f32, 1., 1., 1.], (1, 1, 1, 2, 2), &Device::Cpu).unwrap();
+        let (weighted, plain) = weighted_mse(&sq, Some(&w)).unwrap();
+        let weighted: f32 = weighted.to_scalar().unwrap();
+        let plain: f32 = plain.to_scalar().unwrap();
+        assert!((plain - 0.25).abs() < 1e-6);
+        // (3·1 + 3·1) / (6 · 2 channels)
+        assert!((weighted - 0.5).abs() < 1e-6, "{weighted}");
+        let (same, _) = weighted_mse(&sq, None).unwrap();
+        assert_eq!(same.to_scalar::<f32>().unwrap(), plain);
     }
 }

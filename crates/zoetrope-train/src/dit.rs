@@ -94,7 +94,10 @@ impl Default for DitTrainConfig {
             caption_dropout: 0.1,
             masks: FrameMaskConfig::default(),
             timesteps: TimestepSampler::default(),
-            shift: 1.0,
+            // At shift 1 (logit-normal around t = 0.5) only ~1% of training times are above
+            // 0.9, where the text alone decides the scene: the first runs learnt to denoise
+            // but ignored the prompt. Shift 3 puts the median at 0.75 and ~14% above 0.9.
+            shift: 3.0,
             optim: OptimConfig {
                 lr: 5e-4,
                 warmup: 200,
@@ -316,11 +319,41 @@ pub fn world_model(
 /// called with the step and the model built from the averaged weights at every evaluation.
 pub type EvalHook<'a> = dyn FnMut(usize, WorldModel) -> Result<Vec<(&'static str, f64)>> + 'a;
 
+/// Settings a resumed DiT run may change (each applies from the resumed step on and is
+/// saved in the run's state).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DitResumeChanges {
+    /// A new total of steps; the learning rate's cosine decay is stretched to end there.
+    pub steps: Option<usize>,
+    /// A new timestep shift for the training times (see [`DitTrainConfig::shift`]).
+    pub shift: Option<f64>,
+}
+
+impl DitResumeChanges {
+    /// Applies the changes to a run's settings; returns what changed, for the log.
+    fn apply(&self, cfg: &mut DitTrainConfig) -> Vec<String> {
+        let mut changed = vec![];
+        if let Some(n) = self.steps.filter(|&n| n != cfg.steps) {
+            changed.push(format!("steps {} → {n}", cfg.steps));
+            cfg.steps = n;
+            if cfg.optim.decay_until.is_some() {
+                cfg.optim.decay_until = Some(n);
+            }
+        }
+        if let Some(s) = self.shift.filter(|&s| s != cfg.shift) {
+            changed.push(format!("timestep shift {} → {s}", cfg.shift));
+            cfg.shift = s;
+        }
+        changed
+    }
+}
+
 /// Trains (or resumes) the DiT in `run`; `eval_hook` adds metrics at every evaluation.
+/// `changes` apply to a resumed run only.
 pub fn train_dit(
     run: &RunDir,
     new: Option<NewDitRun<'_>>,
-    steps_override: Option<usize>,
+    changes: DitResumeChanges,
     stop_at: Option<usize>,
     mut eval_hook: Option<&mut EvalHook<'_>>,
     events: &mut dyn FnMut(TrainEvent),
@@ -331,8 +364,12 @@ pub fn train_dit(
         None => {
             let mut s: DitRunState = run.load_state()?;
             run.expect_kind(&s.kind, DIT_RUN_KIND)?;
-            if let Some(n) = steps_override {
-                s.config.steps = n;
+            for change in changes.apply(&mut s.config) {
+                tracing::info!(
+                    "resuming {} at step {}: {change}",
+                    run.path().display(),
+                    s.step
+                );
             }
             let (_, vae_tensors) = load_vae_run(&RunDir::create(s.vae_run.as_ref())?, &device)?;
             (s, vae_tensors)

@@ -15,10 +15,12 @@ use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use zoetrope_models::world::vae::{psnr, WorldVae, WorldVaeConfig};
+use zoetrope_models::world::vae::{psnr, weighted_mse, VaeLoss, WorldVae, WorldVaeConfig};
 use zoetrope_world::Scene;
 
-use crate::data::{item_seed, random_crop, render_clip, video_tensor, ClipShape};
+use crate::data::{
+    foreground_weight, item_seed, random_crop, render_clip, video_tensor, ClipShape,
+};
 use crate::events::{Meter, TrainEvent};
 use crate::init::SeededVarMap;
 use crate::optim::{AdamW, Ema, OptimConfig};
@@ -52,7 +54,20 @@ pub struct VaeTrainConfig {
     /// valid, since the latents no longer change, while reconstructions keep improving.
     #[serde(default)]
     pub freeze_encoder: bool,
+    /// Loss weight of foreground pixels (those off the clip's background colour, see
+    /// [`foreground_weight`]); 1 weighs all pixels alike.
+    #[serde(default = "unweighted")]
+    pub foreground_weight: f64,
 }
+
+/// Runs saved before foreground weighting existed trained without it.
+fn unweighted() -> f64 {
+    1.0
+}
+
+/// A pixel this far (on the [-1, 1] scale) from the background colour in any channel is
+/// foreground: well under the distance between two world colours, well above codec noise.
+const FOREGROUND_THRESHOLD: f32 = 0.1;
 
 impl Default for VaeTrainConfig {
     fn default() -> Self {
@@ -70,6 +85,10 @@ impl Default for VaeTrainConfig {
                 ClipShape::new(80, 80, 17),
             ],
             kl_weight: 1e-4,
+            // The first VAE (unweighted, 700 steps) blurred small objects into the background
+            // and shifted their colours: 23.4 dB, and the evaluator passed only 39% of checks
+            // on its reconstructions of the held-out scenes.
+            foreground_weight: 6.0,
             optim: OptimConfig {
                 lr: 1e-3,
                 warmup: 50,
@@ -230,33 +249,50 @@ pub fn train_vae(
         let mut rng = ChaCha8Rng::seed_from_u64(item_seed(cfg.seed, step, usize::MAX >> 1));
         let shape = *cfg.shapes.choose(&mut rng).expect("at least one shape");
         let mut clips = Vec::with_capacity(cfg.batch);
+        let mut weights = Vec::with_capacity(cfg.batch);
         for i in 0..cfg.batch {
             let scene = Scene::sample(item_seed(cfg.seed, step, i));
             let video = render_clip(&scene, shape)?;
             let crop = random_crop(&mut rng, shape.width, shape.height, cfg.crop);
-            clips.push(video_tensor(&video, Some(crop), &device)?);
+            let clip = video_tensor(&video, Some(crop), &device)?;
+            if cfg.foreground_weight != 1.0 {
+                weights.push(foreground_weight(
+                    &clip,
+                    cfg.foreground_weight as f32,
+                    FOREGROUND_THRESHOLD,
+                )?);
+            }
+            clips.push(clip);
         }
         let x = Tensor::stack(&clips, 0)?;
+        let w = (!weights.is_empty())
+            .then(|| Tensor::stack(&weights, 0))
+            .transpose()?;
         let loss = if cfg.freeze_encoder {
             let (mean, _) = vae.encode(&x)?;
-            let recon = (vae.decode(&mean.detach())? - &x)?.sqr()?.mean_all()?;
+            let sq = (vae.decode(&mean.detach())? - &x)?.sqr()?;
+            let (recon, mse) = weighted_mse(&sq, w.as_ref())?;
             let kl = Tensor::zeros((), DType::F32, &device)?;
-            zoetrope_models::world::vae::VaeLoss {
+            VaeLoss {
                 total: recon.clone(),
                 recon,
+                mse,
                 kl,
             }
         } else {
-            vae.loss(&x, cfg.kl_weight, &mut rng)?
+            vae.loss_weighted(&x, w.as_ref(), cfg.kl_weight, &mut rng)?
         };
         let info = opt.backward_step(&loss.total)?;
         ema.update()?;
         state.step += 1;
         state.ema_updates = ema.updates();
-        let recon = loss.recon.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        meter.add("loss", loss.total.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-        meter.add("recon_mse", recon);
-        meter.add("kl", loss.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        let scalar = |t: &Tensor| t.to_dtype(DType::F64)?.to_scalar::<f64>();
+        meter.add("loss", scalar(&loss.total)?);
+        meter.add("recon_mse", scalar(&loss.mse)?);
+        if w.is_some() {
+            meter.add("recon_weighted", scalar(&loss.recon)?);
+        }
+        meter.add("kl", scalar(&loss.kl)?);
         meter.add("grad_norm", info.grad_norm);
         meter.add("lr", info.lr);
         let now = Instant::now();

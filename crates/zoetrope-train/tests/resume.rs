@@ -7,7 +7,7 @@ use zoetrope_models::world::dit::WorldDitConfig;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
 use zoetrope_train::data::ClipShape;
-use zoetrope_train::dit::{train_dit, DitTrainConfig, NewDitRun};
+use zoetrope_train::dit::{train_dit, DitResumeChanges, DitTrainConfig, NewDitRun};
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
 use zoetrope_train::RunDir;
 
@@ -112,7 +112,18 @@ fn dit_training_resumes_exactly() {
             text: WorldTextConfig::tiny(1),
             vae_run: &vae,
         });
-        let state = train_dit(&run, new, Some(steps), None, None, &mut |_| {}).unwrap();
+        let state = train_dit(
+            &run,
+            new,
+            DitResumeChanges {
+                steps: Some(steps),
+                shift: None,
+            },
+            None,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(state.step, steps);
         run
     };

@@ -490,6 +490,30 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Resul
     softmax_last_dim(&s)?.matmul(&v)?.to_dtype(dtype)
 }
 
+/// How the last projection of a residual branch (attention `to_out`, MLP `fc2`) is initialised.
+/// Only matters for fresh training weights; checkpoints load the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResidualInit {
+    /// candle's default (Kaiming normal for ReLU, uniform bias): for branches that are gated
+    /// (adaLN-Zero) anyway.
+    Default,
+    /// Zero weight and bias: the branch adds nothing until trained, so the residual stream
+    /// starts as its input. For ungated branches: a fresh text encoder then gives each word its
+    /// own (normalised) embedding, two words as far apart as two random vectors, where the
+    /// default init's random attention mixed every position into the others (relative squared
+    /// distance of "red" and "blue" ~0.9 instead of ~2).
+    Zero,
+}
+
+impl ResidualInit {
+    fn linear(self, in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+        match self {
+            Self::Default => candle_nn::linear(in_dim, out_dim, vb),
+            Self::Zero => linear_zero(in_dim, out_dim, vb),
+        }
+    }
+}
+
 /// A linear layer whose weight and bias start at zero (adaLN-Zero).
 fn linear_zero(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
@@ -507,7 +531,8 @@ fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 
 /// Multi-head attention with RMSNorm on each head's queries and keys (for stable training at
-/// high learning rates, as SD3). Self-attention when `kv_dim` is `None`.
+/// high learning rates, as SD3). Self-attention when `kv_dim` is `None`. With `zero_out` the
+/// output projection starts at zero (see [`ResidualInit`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Attention {
     /// Self-attention: `to_qkv`; cross-attention: `to_q` and `to_kv`.
@@ -527,6 +552,7 @@ impl Attention {
         kv_dim: Option<usize>,
         heads: usize,
         eps: f64,
+        out_init: ResidualInit,
         vb: VarBuilder,
     ) -> Result<Self> {
         let hd = dim / heads;
@@ -546,7 +572,7 @@ impl Attention {
             to_qkv,
             to_q,
             to_kv,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out"))?,
+            to_out: out_init.linear(dim, dim, vb.pp("to_out"))?,
             norm_q: vb.get_with_hints(hd, "norm_q.weight", Init::Const(1.0))?,
             norm_k: vb.get_with_hints(hd, "norm_k.weight", Init::Const(1.0))?,
             heads,
@@ -610,10 +636,15 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    pub(crate) fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        dim: usize,
+        hidden: usize,
+        out_init: ResidualInit,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             fc1: candle_nn::linear(dim, hidden, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(hidden, dim, vb.pp("fc2"))?,
+            fc2: out_init.linear(hidden, dim, vb.pp("fc2"))?,
         })
     }
 
@@ -639,10 +670,26 @@ impl DitBlock {
         let d = cfg.dim;
         Ok(Self {
             modulation: linear_zero(d, 6 * d, vb.pp("modulation"))?,
-            attn: Attention::new(d, None, cfg.heads, cfg.eps, vb.pp("attn"))?,
+            // Self-attention and MLP are gated by the zero-initialised modulation; the
+            // cross-attention is not, so its output projection starts at zero.
+            attn: Attention::new(
+                d,
+                None,
+                cfg.heads,
+                cfg.eps,
+                ResidualInit::Default,
+                vb.pp("attn"),
+            )?,
             norm_cross: AffineNorm::new(d, cfg.eps, vb.pp("norm_cross"))?,
-            cross: Attention::new(d, Some(cfg.text_dim), cfg.heads, cfg.eps, vb.pp("cross"))?,
-            mlp: Mlp::new(d, cfg.mlp_dim(), vb.pp("mlp"))?,
+            cross: Attention::new(
+                d,
+                Some(cfg.text_dim),
+                cfg.heads,
+                cfg.eps,
+                ResidualInit::Zero,
+                vb.pp("cross"),
+            )?,
+            mlp: Mlp::new(d, cfg.mlp_dim(), ResidualInit::Default, vb.pp("mlp"))?,
             dim: d,
             eps: cfg.eps,
         })

@@ -257,6 +257,30 @@ pub fn score_ground_truth(
     )
 }
 
+/// [`score_ground_truth`] through the model's VAE: each prompt's rendered scene encoded and
+/// decoded. What a perfect DiT could score with this VAE (the VAE's share of the gap to the
+/// ground truth).
+pub fn score_reconstructed(
+    pipe: &WorldPipeline,
+    prompts: &[String],
+    seed: u64,
+    opts: &RenderOptions,
+    observer: &mut dyn ScoreObserver,
+) -> Result<PromptScores, ScoreError> {
+    opts.validate()?;
+    score_clips(
+        prompts,
+        seed,
+        &mut |job, progress| {
+            let truth = ground_truth_clip(job.query, job.seed, opts)?;
+            let latents = pipe.encode_frames(truth.frames())?;
+            let frames = pipe.decode(&latents, progress)?;
+            Ok(Video::new(frames, opts.fps)?)
+        },
+        observer,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

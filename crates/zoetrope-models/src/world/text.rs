@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::dit::{err, mask_bias, AffineNorm, Attention, Mlp};
+use super::dit::{err, mask_bias, AffineNorm, Attention, Mlp, ResidualInit};
 
 /// Padding (id 0): masked out of every attention over text.
 pub const PAD: &str = "<pad>";
@@ -421,9 +421,16 @@ impl WorldTextEncoder {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(TextLayer {
                     norm1: AffineNorm::new(d, cfg.eps, vb.pp("norm1"))?,
-                    attn: Attention::new(d, None, cfg.heads, cfg.eps, vb.pp("attn"))?,
+                    attn: Attention::new(
+                        d,
+                        None,
+                        cfg.heads,
+                        cfg.eps,
+                        ResidualInit::Zero,
+                        vb.pp("attn"),
+                    )?,
                     norm2: AffineNorm::new(d, cfg.eps, vb.pp("norm2"))?,
-                    mlp: Mlp::new(d, cfg.mlp_dim(), vb.pp("mlp"))?,
+                    mlp: Mlp::new(d, cfg.mlp_dim(), ResidualInit::Zero, vb.pp("mlp"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -642,8 +642,11 @@ impl Decoder {
 pub struct VaeLoss {
     /// `recon + kl_weight · kl`.
     pub total: Tensor,
-    /// Mean squared error of the reconstruction (pixels in [-1, 1]).
+    /// The reconstruction term: mean squared error (pixels in [-1, 1]), weighted per pixel when
+    /// the loss was given weights.
     pub recon: Tensor,
+    /// Plain (unweighted) mean squared error of the reconstruction.
+    pub mse: Tensor,
     /// KL divergence to N(0, I), averaged over latent elements.
     pub kl: Tensor,
 }
@@ -789,14 +792,45 @@ impl WorldVae {
         kl_weight: f64,
         rng: &mut R,
     ) -> Result<VaeLoss> {
+        self.loss_weighted(video, None, kl_weight, rng)
+    }
+
+    /// [`loss`](Self::loss) with the reconstruction error weighted per pixel by
+    /// `pixel_weight [B, 1, T, H, W]` (a weighted mean; `None`: all pixels alike).
+    pub fn loss_weighted<R: Rng + ?Sized>(
+        &self,
+        video: &Tensor,
+        pixel_weight: Option<&Tensor>,
+        kl_weight: f64,
+        rng: &mut R,
+    ) -> Result<VaeLoss> {
         let (mean, logvar) = self.encode(video)?;
         let z = Self::sample(&mean, &logvar, rng)?;
-        let recon = self.decode(&z)?;
-        let recon = (recon - video)?.sqr()?.mean_all()?;
+        let sq = (self.decode(&z)? - video)?.sqr()?;
+        let (recon, mse) = weighted_mse(&sq, pixel_weight)?;
         let kl = kl_divergence(&mean, &logvar)?;
         let total = (&recon + (&kl * kl_weight)?)?;
-        Ok(VaeLoss { total, recon, kl })
+        Ok(VaeLoss {
+            total,
+            recon,
+            mse,
+            kl,
+        })
     }
+}
+
+/// `(weighted mean, plain mean)` of squared errors `sq [B, C, T, H, W]` under per-pixel weights
+/// `[B, 1, T, H, W]` (both the plain mean without weights).
+pub fn weighted_mse(sq: &Tensor, pixel_weight: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let mse = sq.mean_all()?;
+    let Some(w) = pixel_weight else {
+        return Ok((mse.clone(), mse));
+    };
+    let c = sq.dim(1)? as f64;
+    let w = w.to_dtype(sq.dtype())?;
+    let total_weight = (w.sum_all()? * c)?;
+    let weighted = sq.broadcast_mul(&w)?.sum_all()?.div(&total_weight)?;
+    Ok((weighted, mse))
 }
 
 /// `0.5 · mean(μ² + exp(logvar) − 1 − logvar)`: KL(N(μ, σ²) ‖ N(0, 1)) per latent element.
