@@ -11,13 +11,15 @@ RUNS=${1:-runs}
 cargo build --release -p zoetrope-cli
 Z=target/release/zoetrope
 
-# 1. The VAE on clips rendered on the fly (32x32 crops, batch 8).
+# 1. The VAE on clips rendered on the fly (32x32 crops, batch 8, foreground-weighted loss).
+#    Its encoder is final once the DiT starts (the DiT's latents come from it); --resume
+#    --freeze-encoder may go on improving the decoder alone later.
 $Z train vae --out "$RUNS/world-vae" --config tools/train/world_vae.json \
-    --steps 1500 --stop-at 700 --lr 2e-3 --seed 1
+    --steps 3000 --stop-at "${VAE_STOP_AT:-1100}" --lr 2e-3 --seed 1
 
-# 2. The DiT and text encoder on the VAE's latents (batch 16, mixed shapes).
+# 2. The DiT and text encoder on the VAE's latents (batch 16, mixed shapes, timestep shift 3).
 $Z train dit --vae "$RUNS/world-vae" --out "$RUNS/world-dit" --config tools/train/world_dit.json \
-    --steps 2500 --stop-at "${DIT_STOP_AT:-2500}" --seed 1
+    --steps 6000 --stop-at "${DIT_STOP_AT:-6000}" --seed 1
 
 # 3. Both, averaged weights in f16, as the built-in model.
 $Z train export --vae "$RUNS/world-vae" --dit "$RUNS/world-dit" \

@@ -79,6 +79,12 @@ pub struct EvalModelArgs {
     /// ground truth).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Timestep shift of the sampling schedule (default: the model's).
+    #[arg(long)]
+    shift: Option<f64>,
+    /// Sampler (default: the model's).
+    #[arg(long, value_enum)]
+    sampler: Option<crate::generate::Sampler>,
     /// Seed of the first prompt's clip; prompt i gets seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -111,6 +117,8 @@ struct Settings {
     /// `None` when nothing was sampled (the ground truth, with or without the VAE).
     steps: Option<usize>,
     guidance: Option<f64>,
+    shift: Option<f64>,
+    sampler: Option<&'static str>,
     seed: u64,
 }
 
@@ -128,6 +136,9 @@ impl Settings {
         );
         if let (Some(steps), Some(g)) = (self.steps, self.guidance) {
             s.push_str(&format!(" | {steps} steps, guidance {g}"));
+        }
+        if let (Some(shift), Some(sampler)) = (self.shift, self.sampler) {
+            s.push_str(&format!(", {sampler}, shift {shift}"));
         }
         let last = self.seed.wrapping_add(clips.saturating_sub(1) as u64);
         s.push_str(&format!(" | seeds {}..={last}", self.seed));
@@ -295,6 +306,8 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             fps: d.fps,
             steps: None,
             guidance: None,
+            shift: None,
+            sampler: None,
             seed: args.seed,
         };
         let opts = RenderOptions {
@@ -331,6 +344,12 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
         if let Some(g) = args.guidance {
             req.guidance = g;
         }
+        if let Some(s) = args.shift {
+            req.shift = s;
+        }
+        if let Some(s) = args.sampler {
+            req.sampler = s.into();
+        }
         req.seed = args.seed;
         pipe.check(&req)?;
         warn_unknown_words(&pipe, &prompts);
@@ -345,6 +364,8 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             fps: req.fps,
             steps: sampled.then_some(req.steps),
             guidance: sampled.then_some(req.guidance),
+            shift: sampled.then_some(req.shift),
+            sampler: sampled.then_some(req.sampler.name()),
             seed: req.seed,
         };
         let scores = if sampled {

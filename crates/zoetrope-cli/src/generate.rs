@@ -53,8 +53,8 @@ struct GenerateOptions {
     /// when allowed. Wan: multiples of 16, default 832x480).
     #[arg(long, value_parser = crate::world_cmd::parse_size)]
     size: Option<(u32, u32)>,
-    /// Number of frames, 4k+1 (default: the model's; Wan 81; with --edit, as much of the clip as
-    /// fits).
+    /// Number of frames, 1 + f·k for the model's temporal compression f (Wan: 4k+1) (default:
+    /// the model's; Wan 81; with --edit, as much of the clip as fits).
     #[arg(long)]
     frames: Option<usize>,
     /// Frames per second of the output (default: the model's; Wan 16).
@@ -130,7 +130,7 @@ struct GenerateOptions {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Sampler {
+pub(crate) enum Sampler {
     /// Flow-matching Euler (diffusers' FlowMatchEulerDiscreteScheduler).
     Euler,
     /// UniPC multistep in flow-prediction mode (Wan's default).

@@ -137,8 +137,8 @@ pub struct WorldRequest {
     pub negative_prompt: String,
     pub width: usize,
     pub height: usize,
-    /// Frames of the generated clip, `1 + 4k` (for extend and connect this includes the frames
-    /// the given clips cover; see [`Conditioning`]).
+    /// Frames of the generated clip, `1 + f·k` for the VAE's temporal factor `f` (for extend and
+    /// connect this includes the frames the given clips cover; see [`Conditioning`]).
     pub frames: usize,
     pub fps: f64,
     /// Denoising steps (model calls; an edit runs about this many below its strength).
@@ -744,7 +744,7 @@ impl WorldPipeline {
         self.denoise(req, text, (noise, 0), given, scheduler.as_mut(), progress)
     }
 
-    /// VAE-encodes frames (`1 + 4k` of them, at one size) to the DiT's latent space:
+    /// VAE-encodes frames (`1 + f·k` of them, at one size) to the DiT's latent space:
     /// the posterior mean times the VAE's `scaling_factor`, `[1, C, 1 + k, h, w]` f32.
     pub fn encode_frames(&self, frames: &[Frame]) -> Result<Tensor> {
         let video = frames_to_tensor(frames, self.device())?.to_dtype(self.dtype())?;
