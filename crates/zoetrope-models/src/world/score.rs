@@ -248,11 +248,26 @@ pub fn score_ground_truth(
     opts: &RenderOptions,
     observer: &mut dyn ScoreObserver,
 ) -> Result<PromptScores, ScoreError> {
+    score_rendered(prompts, seed, opts, observer, &mut |truth, _| Ok(truth))
+}
+
+/// What [`score_rendered`] does to each rendered clip before scoring it.
+type ClipFilter<'a> = dyn FnMut(Video, &mut dyn FnMut(Stage)) -> Result<Video, BoxError> + 'a;
+
+/// Scores each prompt's rendered ground truth after `through` (the identity, or a VAE round
+/// trip).
+fn score_rendered(
+    prompts: &[String],
+    seed: u64,
+    opts: &RenderOptions,
+    observer: &mut dyn ScoreObserver,
+    through: &mut ClipFilter<'_>,
+) -> Result<PromptScores, ScoreError> {
     opts.validate()?;
     score_clips(
         prompts,
         seed,
-        &mut |job, _| Ok(ground_truth_clip(job.query, job.seed, opts)?),
+        &mut |job, progress| through(ground_truth_clip(job.query, job.seed, opts)?, progress),
         observer,
     )
 }
@@ -267,18 +282,11 @@ pub fn score_reconstructed(
     opts: &RenderOptions,
     observer: &mut dyn ScoreObserver,
 ) -> Result<PromptScores, ScoreError> {
-    opts.validate()?;
-    score_clips(
-        prompts,
-        seed,
-        &mut |job, progress| {
-            let truth = ground_truth_clip(job.query, job.seed, opts)?;
-            let latents = pipe.encode_frames(truth.frames())?;
-            let frames = pipe.decode(&latents, progress)?;
-            Ok(Video::new(frames, opts.fps)?)
-        },
-        observer,
-    )
+    score_rendered(prompts, seed, opts, observer, &mut |truth, progress| {
+        let latents = pipe.encode_frames(truth.frames())?;
+        let frames = pipe.decode(&latents, progress)?;
+        Ok(Video::new(frames, opts.fps)?)
+    })
 }
 
 #[cfg(test)]
