@@ -3,17 +3,23 @@
 //!
 //! - VAE: `WorldVaeConfig::default()` (latent channels from `--latent-channels`), batch 8 of
 //!   32×32 crops of 17-frame clips rendered on the fly (64×64 scenes), loss = MSE + KL.
-//! - DiT: `WorldDitConfig::default()` with the text encoder trained alongside, batch 16 of latents
-//!   `[16, C, 5, 8, 8]` (a 64×64×17 clip) and training captions cut or padded to 16 tokens,
-//!   flow-matching loss, no frame conditioning.
+//! - DiT: `WorldDitConfig::default()` (or the JSON config of `--dit-config`, e.g.
+//!   `tools/train/world_dit.json`) with the text encoder trained alongside, batch 16 of latents
+//!   `[16, C, 5, 8, 8]` (a 64×64×17 clip; `--dit-grid T,H,W` for another latent grid, e.g.
+//!   `9,16,16` for the clips the world model trains on) and training captions cut or padded to
+//!   16 tokens, flow-matching loss, no frame conditioning.
 //!
 //! Each is timed for `--steps` steps after one warm-up step; prints medians of the data time and
 //! of the step (forward, backward, AdamW, EMA), clips per second and the peak resident memory of
-//! each part (VmHWM, reset between parts where the kernel allows).
+//! each part (VmHWM, reset between parts where the kernel allows). With `--compare` the DiT steps
+//! alternate between `zoetrope_nn::fused`'s kernels and candle's composite ops (what
+//! `ZOETROPE_COMPOSITE_OPS=1` selects), so both are timed side by side on a noisy machine.
+//! Allocation as in the `zoetrope` binary (mimalloc).
 //!
 //! ```sh
-//! nice -n 19 cargo run --release -p zoetrope-train --example train_throughput -- \
-//!     [--latent-channels C] [--steps N] [--only vae|dit]
+//! nice -n 19 cargo run --profile ci -p zoetrope-train --example train_throughput -- \
+//!     [--latent-channels C] [--steps N] [--only vae|dit] [--dit-config FILE] \
+//!     [--dit-grid T,H,W] [--compare]
 //! ```
 
 use std::time::Instant;
@@ -37,11 +43,14 @@ use zoetrope_train::vae::VaeTrainConfig;
 use zoetrope_world::dataset::sample_training_clip;
 use zoetrope_world::Scene;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VAE_BATCH: usize = 8;
 const VAE_CROP: u32 = 32;
 const VAE_SCENE: ClipShape = ClipShape::new(64, 64, 17);
 const DIT_BATCH: usize = 16;
-/// Latent grid `[T, h, w]` of a 64×64×17 clip (8× spatial, 4× temporal VAE).
+/// Latent grid `[T, h, w]` of a 64×64×17 clip (8× spatial, 4× temporal VAE); `--dit-grid`.
 const DIT_GRID: [usize; 3] = [5, 8, 8];
 const TEXT_TOKENS: usize = 16;
 const SEED: u64 = 0;
@@ -88,6 +97,32 @@ fn time_steps(steps: usize, mut step: impl FnMut(usize) -> Result<f64>) -> Resul
         total.push(t - d);
     }
     Ok((median(&data), median(&total)))
+}
+
+/// [`time_steps`] for two variants of one step: `step(i, fused)` runs with
+/// `zoetrope_nn::fused`'s kernels on or off. The two alternate (in either order, swapped every
+/// step) so that both see the same background load. Medians of (data s, step s), fused first.
+fn time_compare(
+    steps: usize,
+    mut step: impl FnMut(usize) -> Result<f64>,
+) -> Result<[(f64, f64); 2]> {
+    let mut times = [(vec![], vec![]), (vec![], vec![])];
+    for i in 0..=steps {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for v in order {
+            zoetrope_nn::fused::set_enabled(v == 0);
+            let start = Instant::now();
+            let d = step(i)?;
+            let t = start.elapsed().as_secs_f64();
+            // Step 0 warms both variants up.
+            if i > 0 {
+                times[v].0.push(d);
+                times[v].1.push(t - d);
+            }
+        }
+    }
+    zoetrope_nn::fused::set_enabled(true);
+    Ok(times.map(|(d, t)| (median(&d), median(&t))))
 }
 
 fn report(what: &str, batch: usize, (data, step): (f64, f64)) {
@@ -139,13 +174,21 @@ fn vae(latent_channels: usize, steps: usize, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn dit(latent_channels: usize, steps: usize, device: &Device) -> Result<()> {
+/// What the DiT part runs: its config (and where it came from), latent grid, and whether fused
+/// and composite ops are timed side by side.
+struct DitBench {
+    cfg: WorldDitConfig,
+    source: String,
+    grid: [usize; 3],
+    compare: bool,
+}
+
+fn dit(bench: &DitBench, steps: usize, device: &Device) -> Result<()> {
     let train = DitTrainConfig::default();
     let tokenizer = WorldTokenizer::new(training_vocabulary());
-    let dcfg = WorldDitConfig {
-        latent_channels,
-        ..WorldDitConfig::default()
-    };
+    let dcfg = bench.cfg.clone();
+    let latent_channels = dcfg.latent_channels;
+    let grid = bench.grid;
     let tcfg = WorldTextConfig::new(tokenizer.vocab_size());
     let varmap = VarMap::new();
     let vb = SeededVarMap::var_builder(&varmap, SEED, device);
@@ -153,26 +196,31 @@ fn dit(latent_channels: usize, steps: usize, device: &Device) -> Result<()> {
     let model = WorldDit::new(&dcfg, vb.pp("dit"))?;
     let mut opt = AdamW::new(&varmap, train.optim.clone())?;
     let mut ema = Ema::new(&varmap, train.ema_decay)?;
+    let tokens: usize = grid
+        .iter()
+        .zip(dcfg.patch)
+        .map(|(g, p)| g / p.max(1))
+        .product();
     println!(
-        "DiT: default config, {latent_channels} latent channels, {} parameters with the text \
-         encoder (vocabulary {}); batch {DIT_BATCH} at latent [{DIT_BATCH}, {latent_channels}, \
-         {}, {}, {}], {TEXT_TOKENS}-token captions",
+        "DiT: {} config (dim {}, depth {}, heads {}, patch {:?}), {latent_channels} latent \
+         channels, {} parameters with the text encoder (vocabulary {}); batch {DIT_BATCH} at \
+         latent [{DIT_BATCH}, {latent_channels}, {}, {}, {}] ({tokens} tokens a clip), \
+         {TEXT_TOKENS}-token captions",
+        bench.source,
+        dcfg.dim,
+        dcfg.depth,
+        dcfg.heads,
+        dcfg.patch,
         varmap_param_count(&varmap),
         tokenizer.vocab_size(),
-        DIT_GRID[0],
-        DIT_GRID[1],
-        DIT_GRID[2]
+        grid[0],
+        grid[1],
+        grid[2]
     );
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-    let shape = (
-        DIT_BATCH,
-        latent_channels,
-        DIT_GRID[0],
-        DIT_GRID[1],
-        DIT_GRID[2],
-    );
+    let shape = (DIT_BATCH, latent_channels, grid[0], grid[1], grid[2]);
     let x0 = randn_like(&Tensor::zeros(shape, DType::F32, device)?, &mut rng)?;
-    let times = time_steps(steps, |step| {
+    let mut step = |step| {
         let start = Instant::now();
         let seqs: Vec<Vec<u32>> = (0..DIT_BATCH)
             .map(|i| {
@@ -202,8 +250,25 @@ fn dit(latent_channels: usize, steps: usize, device: &Device) -> Result<()> {
         opt.backward_step(&loss)?;
         ema.update()?;
         Ok(data)
-    })?;
-    report("DiT", DIT_BATCH, times);
+    };
+    if bench.compare {
+        let [fused, composite] = time_compare(steps, step)?;
+        report("DiT, fused ops", DIT_BATCH, fused);
+        report("DiT, composite ops", DIT_BATCH, composite);
+        println!(
+            "DiT step: composite / fused = {:.2} ({} steps of each)",
+            composite.1 / fused.1,
+            steps
+        );
+    } else {
+        let times = time_steps(steps, &mut step)?;
+        let what = if zoetrope_nn::fused::enabled() {
+            "DiT"
+        } else {
+            "DiT (composite ops)"
+        };
+        report(what, DIT_BATCH, times);
+    }
     Ok(())
 }
 
@@ -221,6 +286,41 @@ fn main() -> Result<()> {
         });
     let steps: usize = opt("--steps").map_or(3, |v| v.parse().expect("--steps takes a number"));
     let only = opt("--only");
+    // A config file's latent channels stand unless --latent-channels is given.
+    let (cfg, source) = match opt("--dit-config") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("--dit-config {path}: {e}"));
+            let cfg = WorldDitConfig::from_json(&text)?;
+            let channels =
+                opt("--latent-channels").map_or(cfg.latent_channels, |_| latent_channels);
+            let cfg = WorldDitConfig {
+                latent_channels: channels,
+                ..cfg
+            };
+            (cfg, path.to_string())
+        }
+        None => {
+            let cfg = WorldDitConfig {
+                latent_channels,
+                ..WorldDitConfig::default()
+            };
+            (cfg, "default".to_string())
+        }
+    };
+    let grid = opt("--dit-grid").map_or(DIT_GRID, |v| {
+        let g: Vec<usize> = v
+            .split(',')
+            .map(|n| n.trim().parse().expect("--dit-grid takes T,H,W"))
+            .collect();
+        g.try_into().expect("--dit-grid takes three numbers T,H,W")
+    });
+    let bench = DitBench {
+        cfg,
+        source,
+        grid,
+        compare: args.iter().any(|a| a == "--compare"),
+    };
     let device = Device::Cpu;
     println!(
         "{steps} timed steps after 1 warm-up; threads: {}",
@@ -233,7 +333,7 @@ fn main() -> Result<()> {
         if !reset_peak_rss() {
             println!("(peak RSS could not be reset: the DiT's figure includes the VAE part)");
         }
-        dit(latent_channels, steps.max(1), &device)?;
+        dit(&bench, steps.max(1), &device)?;
     }
     Ok(())
 }

@@ -27,15 +27,18 @@
 //!
 //! Training: [`flow_matching_loss`] (rectified flow, `x_t = (1 − t)·x0 + t·ε`, velocity target
 //! `ε − x0`, SD3's timestep shift), [`FrameMaskConfig`] for random conditioning masks and
-//! [`caption_dropout`] for classifier-free guidance. The layers use differentiable candle ops
-//! whenever a tensor is tracked for gradients (a model built from a `VarMap`), and candle's fused
-//! kernels (which have no backward) otherwise.
+//! [`caption_dropout`] for classifier-free guidance. For f32 on the CPU the norms, softmax, RoPE
+//! and GELU run `zoetrope_nn::fused`'s kernels, which have a backward, in training and inference
+//! alike; elsewhere the layers use differentiable candle ops whenever a tensor is tracked for
+//! gradients (a model built from a `VarMap`), and candle's fused kernels (which have no backward)
+//! otherwise.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+use zoetrope_nn::fused;
 
 /// Timesteps `t ∈ [0, 1]` are scaled by this before the sinusoidal embedding, so its frequencies
 /// see the 0–1000 range they were designed for (as SD3 does).
@@ -395,13 +398,17 @@ pub fn sincos_3d(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ops: fused kernels for inference, differentiable compositions for training
+// Ops: zoetrope's fused kernels (forward and backward) for f32 on the CPU; elsewhere candle's
+// fused kernels for inference and differentiable compositions for training
 // ---------------------------------------------------------------------------------------------
 
 /// LayerNorm over the last dim without affine parameters, computed in f32.
 pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
+    if fused::supports(&x) {
+        return fused::layer_norm(&x, eps)?.to_dtype(dtype);
+    }
     if !x.track_op() && x.is_contiguous() {
         let d = x.dim(D::Minus1)?;
         let ones = Tensor::ones(d, DType::F32, x.device())?;
@@ -439,6 +446,9 @@ impl AffineNorm {
 
 /// RMSNorm over the last dim with a weight.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::supports(x) && fused::supports(weight) {
+        return fused::rms_norm(x, weight, eps);
+    }
     if !x.track_op() && !weight.track_op() && x.is_contiguous() && x.dtype() == DType::F32 {
         return candle_nn::ops::rms_norm(x, weight, eps as f32);
     }
@@ -449,7 +459,9 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
+    if fused::supports(x) {
+        fused::softmax_last_dim(x)
+    } else if x.track_op() {
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -460,7 +472,9 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let y = if x.track_op() {
+    let y = if fused::supports(&x) && fused::supports(cos) && fused::supports(sin) {
+        fused::rope_i(&x, cos, sin)?
+    } else if x.track_op() {
         candle_nn::rotary_emb::rope_i_slow(&x, cos, sin)?
     } else {
         candle_nn::rotary_emb::rope_i(&x, cos, sin)?
@@ -649,7 +663,7 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.fc1)?.gelu()?.apply(&self.fc2)
+        fused::gelu_tanh(&x.apply(&self.fc1)?)?.apply(&self.fc2)
     }
 }
 
