@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::dit::{err, mask_bias, AffineNorm, Attention, Mlp, ResidualInit};
+use super::dit::{err, mask_bias, rope_3d, AffineNorm, Attention, Mlp, ResidualInit};
 
 /// Padding (id 0): masked out of every attention over text.
 pub const PAD: &str = "<pad>";
@@ -293,6 +293,13 @@ pub struct WorldTextConfig {
     /// Longest prompt in tokens (with `<bos>` and `<eos>`): rows of the learned positions.
     pub max_len: usize,
     pub eps: f64,
+    /// Base of rotary positions in the self-attention (`None`: learned absolute positions
+    /// only). Without them the encoder was a bag of words: its learned positions start 50×
+    /// smaller than the word embeddings, and "a red ball on a black background" and "a black
+    /// ball on a red background" came out the same. A config without the field (the first
+    /// runs) has none.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
 }
 
 impl Default for WorldTextConfig {
@@ -307,6 +314,7 @@ impl Default for WorldTextConfig {
             mlp_ratio: 4.0,
             max_len: 64,
             eps: 1e-6,
+            rope_theta: Some(10_000.0),
         }
     }
 }
@@ -352,6 +360,15 @@ impl WorldTextConfig {
         }
         if self.max_len < 2 {
             return Err(err("world text config: max_len must be at least 2"));
+        }
+        if let Some(theta) = self.rope_theta {
+            if (self.dim / self.heads) % 2 != 0 || !(theta.is_finite() && theta > 1.0) {
+                return Err(err(format!(
+                    "world text config: rotary positions need an even head width (dim {} / heads \
+                     {}) and rope_theta > 1 (got {theta})",
+                    self.dim, self.heads
+                )));
+            }
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
             return Err(err(format!(
@@ -472,9 +489,17 @@ impl WorldTextEncoder {
         let mut x = ids
             .apply(&self.token_embedding)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, l)?.unsqueeze(0)?)?;
+        let rope = match self.cfg.rope_theta {
+            Some(theta) => {
+                let hd = self.cfg.dim / self.cfg.heads;
+                Some(rope_3d([1, 1, l], [0, 0, hd], theta, ids.device())?)
+            }
+            None => None,
+        };
+        let rope = rope.as_ref().map(|(c, s)| (c, s));
         for layer in &self.layers {
             let h = layer.norm1.forward(&x)?;
-            x = (&x + layer.attn.forward(&h, None, None, Some(&bias))?)?;
+            x = (&x + layer.attn.forward(&h, None, rope, Some(&bias))?)?;
             let h = layer.norm2.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
