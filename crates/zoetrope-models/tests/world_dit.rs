@@ -588,6 +588,12 @@ fn text_padding_does_not_change_the_tokens() {
     assert!(max_abs_diff(&alone, &alone2) < 1e-5);
 }
 
+/// `E|a − b|² / E|a|²`.
+fn relative_sq_distance(a: &Tensor, b: &Tensor) -> f32 {
+    let mean_sq = |t: Tensor| -> f32 { t.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap() };
+    mean_sq((a - b).unwrap()) / mean_sq(a.clone())
+}
+
 /// A freshly initialised text encoder (the shipped shape) starts as the identity on each word's
 /// embedding (its residual branches are zero-initialised), so two words are as far apart as two
 /// random vectors: relative squared distance ~2 (it was ~0.9 with candle's default init, whose
@@ -605,19 +611,10 @@ fn fresh_text_encoder_tells_words_apart() {
         tokens.narrow(1, 1, 1).unwrap()
     };
     let (red, blue) = (word("red"), word("blue"));
-    let dist: f32 = (&red - &blue)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let size: f32 = red.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap();
+    let rel = relative_sq_distance(&red, &blue);
     assert!(
-        dist > 1.5 * size,
-        "fresh encoder maps \"red\" and \"blue\" {:.3} apart (relative), want > 1.5",
-        dist / size
+        rel > 1.5,
+        "fresh encoder maps \"red\" and \"blue\" {rel:.3} apart (relative), want > 1.5"
     );
 }
 
@@ -670,16 +667,7 @@ fn text_encoder_sees_word_order() {
         };
         let a = pooled("a red ball on a black background");
         let b = pooled("a black ball on a red background");
-        let d: f32 = (&a - &b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let size: f32 = a.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap();
-        d / size
+        relative_sq_distance(&a, &b)
     };
     let with = swapped_distance(Some(10_000.0));
     let without = swapped_distance(None);

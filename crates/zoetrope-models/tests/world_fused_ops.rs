@@ -102,22 +102,17 @@ fn fused_kernels_keep_the_models_function_and_gradients() {
 
     assert_eq!(g_fused.len(), g_comp.len());
     assert!(g_fused.len() > 20, "only {} gradients", g_fused.len());
-    let mut worst = (0f32, String::new());
+    let mut worst = (0f32, "");
     for ((name, a), (_, b)) in g_fused.iter().zip(&g_comp) {
         let d = max_abs_diff(a, b).unwrap() / max_abs(b).unwrap().max(1e-12);
         if d > worst.0 {
-            worst = (d, name.clone());
+            worst = (d, name);
         }
     }
+    let (d_grad, name) = worst;
     println!(
         "outputs differ by {d:.2e} (training), {d_inf:.2e} (inference); worst gradient \
-         {:.2e} ({})",
-        worst.0, worst.1
+         {d_grad:.2e} ({name})"
     );
-    assert!(
-        worst.0 < 1e-4,
-        "gradient of {} differs by {}",
-        worst.1,
-        worst.0
-    );
+    assert!(d_grad < 1e-4, "gradient of {name} differs by {d_grad}");
 }

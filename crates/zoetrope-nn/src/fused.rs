@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
@@ -94,7 +94,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if !supports(x) || !supports(weight) {
         return composite::rms_norm(x, weight, eps);
     }
-    let d = x.dim(candle_core::D::Minus1)?;
+    let d = x.dim(D::Minus1)?;
     if weight.dims() != [d] {
         candle_core::bail!("rms_norm: weight {:?} for rows of {d}", weight.dims());
     }
@@ -124,7 +124,8 @@ pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         cos.narrow(0, 0, n)?.contiguous()?,
         sin.narrow(0, 0, n)?.contiguous()?,
     );
-    x.contiguous()?.apply_op3(&cos, &sin, RopeI)
+    x.contiguous()?
+        .apply_op3(&cos, &sin, RopeI { inverse: false })
 }
 
 /// The same functions written with generic candle ops: the fallback where no kernel runs and
@@ -266,17 +267,20 @@ macro_rules! simd_kernel {
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows `width` long) and returns
-/// each block's result in order; big ops on rayon's global pool. That pool already exists for
-/// candle's matrix products (gemm), so no threads are added. candle's own elementwise pool
-/// (`candle_core::utils::barrier_pool`) measured far worse here on a loaded machine: its
-/// barrier waits for every worker, parked ones included, where rayon's idle workers simply
-/// don't take part. A few blocks per thread, so a core that the rest of the machine keeps busy
-/// does not hold the others up.
+/// each block's result in order (none for an empty `dst`); big ops on rayon's global pool. That
+/// pool already exists for candle's matrix products (gemm), so no threads are added. candle's
+/// own elementwise pool (`candle_core::utils::barrier_pool`) measured far worse here on a
+/// loaded machine: its barrier waits for every worker, parked ones included, where rayon's idle
+/// workers simply don't take part. A few blocks per thread, so a core that the rest of the
+/// machine keeps busy does not hold the others up.
 fn row_blocks<R: Send>(
     dst: &mut [f32],
     width: usize,
     f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
 ) -> Vec<R> {
+    if dst.is_empty() {
+        return Vec::new();
+    }
     let rows = dst.len().checked_div(width).unwrap_or(0);
     let threads = rayon::current_num_threads();
     if threads <= 1 || dst.len() < PAR_MIN_ELEMS || rows < 2 {
@@ -320,6 +324,85 @@ fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
         candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims());
     }
     Ok(())
+}
+
+/// What every kernel's op does around it: reads `inputs` (contiguous f32, all of the first one's
+/// shape), allocates an output of their size and runs `kernel(rows of each input, rows of the
+/// output)` over [`row_blocks`] of `width`-long rows. Returns the output and each block's result.
+fn map_rows<const N: usize, R: Send>(
+    op: &str,
+    inputs: [(&CpuStorage, &Layout); N],
+    width: usize,
+    kernel: impl Fn([&[f32]; N], &mut [f32]) -> R + Sync,
+) -> Result<(Vec<f32>, Vec<R>)> {
+    let mut data: [&[f32]; N] = [&[]; N];
+    for (data, (storage, layout)) in data.iter_mut().zip(inputs) {
+        same_shape(op, inputs[0].1, layout)?;
+        *data = f32_data(op, storage, layout)?;
+    }
+    let mut out = vec![0f32; data[0].len()];
+    let results = row_blocks(&mut out, width, |row, out| {
+        let rows = row * width..row * width + out.len();
+        kernel(data.map(|d| &d[rows.clone()]), out)
+    });
+    Ok((out, results))
+}
+
+/// [`map_rows`] for an op whose output has the shape of its first input.
+fn rows_op<const N: usize>(
+    op: &str,
+    inputs: [(&CpuStorage, &Layout); N],
+    width: usize,
+    kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (out, _) = map_rows(op, inputs, width, kernel)?;
+    Ok((CpuStorage::F32(out), inputs[0].1.shape().clone()))
+}
+
+/// `dx` of an op whose backward reads one tensor of its forward (`saved`: its input or its
+/// output) and the upstream gradient `dy`: `kernel(saved rows, dy rows, dx rows)` over blocks
+/// of whole `width`-long rows.
+fn backward(
+    name: &'static str,
+    saved: &Tensor,
+    dy: &Tensor,
+    width: usize,
+    kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Result<Option<Tensor>> {
+    let op = Backward {
+        name,
+        width,
+        kernel,
+    };
+    Ok(Some(saved.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
+}
+
+/// `(saved, dy) → dx`, the op [`backward`] runs.
+struct Backward<K> {
+    name: &'static str,
+    width: usize,
+    kernel: K,
+}
+
+impl<K: Fn(&[f32], &[f32], &mut [f32]) + Sync> CustomOp2 for Backward<K> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        rows_op(
+            self.name,
+            [(s1, l1), (s2, l2)],
+            self.width,
+            |[saved, dy], dx| (self.kernel)(saved, dy, dx),
+        )
+    }
 }
 
 /// Sum of a slice with eight accumulators: vectorises (a single running sum cannot be
@@ -415,6 +498,7 @@ simd_kernel! {
     }
 }
 
+/// `x → y` of [`gelu_tanh`]; elementwise, so its rows are pieces of the flat data.
 struct GeluTanh;
 
 impl CustomOp1 for GeluTanh {
@@ -423,46 +507,22 @@ impl CustomOp1 for GeluTanh {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), storage, layout)?;
-        let mut y = vec![0f32; x.len()];
-        row_blocks(&mut y, ELEMENTWISE_ROW, |row, y| {
-            let start = row * ELEMENTWISE_ROW;
-            gelu_fwd_kernel(&x[start..start + y.len()], y)
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        rows_op(
+            self.name(),
+            [(storage, layout)],
+            ELEMENTWISE_ROW,
+            |[x], y| gelu_fwd_kernel(x, y),
+        )
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            x.apply_op2_no_bwd(&dy.contiguous()?, &GeluTanhBackward)?,
-        ))
-    }
-}
-
-/// `(x, dy) → dx` of [`GeluTanh`].
-struct GeluTanhBackward;
-
-impl CustomOp2 for GeluTanhBackward {
-    fn name(&self) -> &'static str {
-        "fused-gelu-tanh-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let x = f32_data(self.name(), s1, l1)?;
-        let dy = f32_data(self.name(), s2, l2)?;
-        let mut dx = vec![0f32; x.len()];
-        row_blocks(&mut dx, ELEMENTWISE_ROW, |row, dx| {
-            let r = row * ELEMENTWISE_ROW..row * ELEMENTWISE_ROW + dx.len();
-            gelu_bwd_kernel(&x[r.clone()], &dy[r], dx)
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        backward(
+            "fused-gelu-tanh-backward",
+            x,
+            dy,
+            ELEMENTWISE_ROW,
+            gelu_bwd_kernel,
+        )
     }
 }
 
@@ -498,6 +558,7 @@ simd_kernel! {
     }
 }
 
+/// `x → y` of [`softmax_last_dim`].
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -506,47 +567,18 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), storage, layout)?;
         let w = row_width(self.name(), layout)?;
-        let mut y = vec![0f32; x.len()];
-        row_blocks(&mut y, w, |row, y| {
-            softmax_fwd_kernel(&x[row * w..row * w + y.len()], y, w)
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        rows_op(self.name(), [(storage, layout)], w, |[x], y| {
+            softmax_fwd_kernel(x, y, w)
+        })
     }
 
+    /// The output is all the backward needs.
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward)?,
-        ))
-    }
-}
-
-/// `(y, dy) → dx` of [`SoftmaxLastDim`] (the output is all the backward needs).
-struct SoftmaxBackward;
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "fused-softmax-last-dim-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let y = f32_data(self.name(), s1, l1)?;
-        let dy = f32_data(self.name(), s2, l2)?;
-        let w = row_width(self.name(), l1)?;
-        let mut dx = vec![0f32; y.len()];
-        row_blocks(&mut dx, w, |row, dx| {
-            let r = row * w..row * w + dx.len();
-            softmax_bwd_kernel(&y[r.clone()], &dy[r], dx, w)
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let w = y.dim(D::Minus1)?;
+        backward("fused-softmax-last-dim-backward", y, dy, w, |y, dy, dx| {
+            softmax_bwd_kernel(y, dy, dx, w)
+        })
     }
 }
 
@@ -595,6 +627,7 @@ simd_kernel! {
     }
 }
 
+/// `x → y` of [`layer_norm`].
 struct LayerNorm {
     eps: f32,
 }
@@ -605,48 +638,17 @@ impl CustomOp1 for LayerNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), storage, layout)?;
         let w = row_width(self.name(), layout)?;
-        let mut y = vec![0f32; x.len()];
-        row_blocks(&mut y, w, |row, y| {
-            layer_norm_fwd_kernel(&x[row * w..row * w + y.len()], y, w, self.eps)
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        rows_op(self.name(), [(storage, layout)], w, |[x], y| {
+            layer_norm_fwd_kernel(x, y, w, self.eps)
+        })
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let op = LayerNormBackward { eps: self.eps };
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
-    }
-}
-
-/// `(x, dy) → dx` of [`LayerNorm`].
-struct LayerNormBackward {
-    eps: f32,
-}
-
-impl CustomOp2 for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let x = f32_data(self.name(), s1, l1)?;
-        let dy = f32_data(self.name(), s2, l2)?;
-        let w = row_width(self.name(), l1)?;
-        let mut dx = vec![0f32; x.len()];
-        row_blocks(&mut dx, w, |row, dx| {
-            let r = row * w..row * w + dx.len();
-            layer_norm_bwd_kernel(&x[r.clone()], &dy[r], dx, w, self.eps)
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let w = x.dim(D::Minus1)?;
+        backward("fused-layer-norm-backward", x, dy, w, |x, dy, dx| {
+            layer_norm_bwd_kernel(x, dy, dx, w, self.eps)
+        })
     }
 }
 
@@ -699,6 +701,22 @@ simd_kernel! {
     }
 }
 
+/// The data of RMSNorm's weight and the width of the rows of `x` it scales.
+fn rms_weight<'a>(
+    op: &str,
+    x: &Layout,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<(&'a [f32], usize)> {
+    let weight = f32_data(op, storage, layout)?;
+    let w = row_width(op, x)?;
+    if weight.len() != w {
+        candle_core::bail!("{op}: weight of {} for rows of {w}", weight.len());
+    }
+    Ok((weight, w))
+}
+
+/// `(x, weight) → y` of [`rms_norm`].
 struct RmsNorm {
     eps: f32,
 }
@@ -715,21 +733,10 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), s1, l1)?;
-        let weight = f32_data(self.name(), s2, l2)?;
-        let w = row_width(self.name(), l1)?;
-        if weight.len() != w {
-            candle_core::bail!(
-                "{}: weight of {} for rows of {w}",
-                self.name(),
-                weight.len()
-            );
-        }
-        let mut y = vec![0f32; x.len()];
-        row_blocks(&mut y, w, |row, y| {
-            rms_norm_fwd_kernel(&x[row * w..row * w + y.len()], weight, y, self.eps)
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let (weight, w) = rms_weight(self.name(), l1, s2, l2)?;
+        rows_op(self.name(), [(s1, l1)], w, |[x], y| {
+            rms_norm_fwd_kernel(x, weight, y, self.eps)
+        })
     }
 
     fn bwd(
@@ -771,26 +778,13 @@ impl CustomOp3 for RmsNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l3)?;
-        let x = f32_data(self.name(), s1, l1)?;
-        let weight = f32_data(self.name(), s2, l2)?;
-        let dy = f32_data(self.name(), s3, l3)?;
-        let w = row_width(self.name(), l1)?;
-        if weight.len() != w {
-            candle_core::bail!(
-                "{}: weight of {} for rows of {w}",
-                self.name(),
-                weight.len()
-            );
-        }
-        let mut dx = vec![0f32; x.len()];
-        let partials = row_blocks(&mut dx, w, |row, dx| {
-            let r = row * w..row * w + dx.len();
+        let (weight, w) = rms_weight(self.name(), l1, s2, l2)?;
+        // Each block adds its rows' share of `dw` into a partial of its own, summed here.
+        let (mut out, partials) = map_rows(self.name(), [(s1, l1), (s3, l3)], w, |[x, dy], dx| {
             let mut dw = vec![0f32; w];
-            rms_norm_bwd_kernel(&x[r.clone()], weight, &dy[r], dx, &mut dw, self.eps);
+            rms_norm_bwd_kernel(x, weight, dy, dx, &mut dw, self.eps);
             dw
-        });
-        let mut out = dx;
+        })?;
         out.reserve_exact(w);
         let start = out.len();
         out.resize(start + w, 0.0);
@@ -827,50 +821,19 @@ simd_kernel! {
     }
 }
 
-/// `(x, cos, sin) → y` of [`rope_i`]; `inverse` is its backward (rotation by the negated angle,
-/// the transpose of the rotation).
-#[derive(Clone, Copy)]
-struct RopeKernel {
+/// `(x, cos, sin) → y` of [`rope_i`]; `inverse` rotates by the negated angle (the transpose of
+/// the rotation), which is its backward.
+struct RopeI {
     inverse: bool,
 }
 
-impl RopeKernel {
-    fn run(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let op = "fused-rope-i";
-        let x = f32_data(op, s1, l1)?;
-        let cos = f32_data(op, s2, l2)?;
-        let sin = f32_data(op, s3, l3)?;
-        let (_, _, n, d) = l1.shape().dims4()?;
-        let block = n * d;
-        if cos.len() != block / 2 || sin.len() != block / 2 {
-            candle_core::bail!("{op}: tables of {} for heads of {n}×{d}", cos.len());
-        }
-        let mut y = vec![0f32; x.len()];
-        if block > 0 {
-            row_blocks(&mut y, block, |row, y| {
-                let x = &x[row * block..row * block + y.len()];
-                for (x, y) in x.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
-                    rope_i_kernel(x, cos, sin, y, self.inverse);
-                }
-            });
-        }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-}
-
-struct RopeI;
-
 impl CustomOp3 for RopeI {
     fn name(&self) -> &'static str {
-        "fused-rope-i"
+        if self.inverse {
+            "fused-rope-i-backward"
+        } else {
+            "fused-rope-i"
+        }
     }
 
     fn cpu_fwd(
@@ -882,7 +845,20 @@ impl CustomOp3 for RopeI {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        RopeKernel { inverse: false }.run(s1, l1, s2, l2, s3, l3)
+        let op = self.name();
+        let cos = f32_data(op, s2, l2)?;
+        let sin = f32_data(op, s3, l3)?;
+        let (_, _, n, d) = l1.shape().dims4()?;
+        let block = n * d;
+        if cos.len() != block / 2 || sin.len() != block / 2 {
+            candle_core::bail!("{op}: tables of {} for heads of {n}×{d}", cos.len());
+        }
+        // The tables cover one head's `[N, D]` block: rows are whole heads.
+        rows_op(op, [(s1, l1)], block, |[x], y| {
+            for (x, y) in x.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
+                rope_i_kernel(x, cos, sin, y, self.inverse);
+            }
+        })
     }
 
     fn bwd(
@@ -893,29 +869,11 @@ impl CustomOp3 for RopeI {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeInverse)?;
+        let inverse = RopeI {
+            inverse: !self.inverse,
+        };
+        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &inverse)?;
         Ok((Some(dx), None, None))
-    }
-}
-
-/// The backward of [`RopeI`].
-struct RopeInverse;
-
-impl CustomOp3 for RopeInverse {
-    fn name(&self) -> &'static str {
-        "fused-rope-i-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        RopeKernel { inverse: true }.run(s1, l1, s2, l2, s3, l3)
     }
 }
 
@@ -1017,22 +975,21 @@ mod tests {
             .collect();
         println!("{name} {dims:?}: forward {fwd:.2e}, gradients {bwd:?}");
         assert!(fwd < 1e-5, "{name} {dims:?}: forward differs by {fwd}");
-        for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-            let bwd = rel_diff(a, b, true);
+        for (i, bwd) in bwd.into_iter().enumerate() {
             assert!(bwd < 1e-4, "{name} {dims:?}: gradient {i} differs by {bwd}");
         }
     }
 
+    /// The largest `error(x)` over `xs`, and its `x`.
+    fn worst(xs: impl Iterator<Item = f32>, error: impl Fn(f32) -> f64) -> (f64, f32) {
+        xs.map(|x| (error(x), x))
+            .fold((0.0, 0.0), |w, e| if e.0 > w.0 { e } else { w })
+    }
+
     #[test]
     fn tanh_approx_is_within_a_micro_of_tanh() {
-        let mut worst = (0f64, 0f32);
-        for i in -2_000_000..=2_000_000 {
-            let x = i as f32 * 1e-5;
-            let e = (tanh_approx(x) as f64 - (x as f64).tanh()).abs();
-            if e > worst.0 {
-                worst = (e, x);
-            }
-        }
+        let xs = (-2_000_000..=2_000_000).map(|i| i as f32 * 1e-5);
+        let (err, at) = worst(xs, |x| (tanh_approx(x) as f64 - (x as f64).tanh()).abs());
         for x in [
             30.0f32,
             -30.0,
@@ -1043,36 +1000,19 @@ mod tests {
         ] {
             assert_eq!(tanh_approx(x), x.signum());
         }
-        println!("tanh_approx: max error {:.2e} at {}", worst.0, worst.1);
-        assert!(
-            worst.0 < 1e-6,
-            "tanh_approx is off by {} at {}",
-            worst.0,
-            worst.1
-        );
+        println!("tanh_approx: max error {err:.2e} at {at}");
+        assert!(err < 1e-6, "tanh_approx is off by {err} at {at}");
     }
 
     #[test]
     fn exp_approx_is_within_a_few_ulp_of_exp() {
-        let mut worst = (0f64, 0f32);
-        for i in -870_000..=880_000 {
-            let x = i as f32 * 1e-4;
+        let xs = (-870_000..=880_000).map(|i| i as f32 * 1e-4);
+        let (err, at) = worst(xs, |x| {
             let exact = (x as f64).exp();
-            let e = ((exp_approx(x) as f64 - exact) / exact).abs();
-            if e > worst.0 {
-                worst = (e, x);
-            }
-        }
-        println!(
-            "exp_approx: max relative error {:.2e} at {}",
-            worst.0, worst.1
-        );
-        assert!(
-            worst.0 < 3e-7,
-            "exp_approx is off by {} (relative) at {}",
-            worst.0,
-            worst.1
-        );
+            ((exp_approx(x) as f64 - exact) / exact).abs()
+        });
+        println!("exp_approx: max relative error {err:.2e} at {at}");
+        assert!(err < 3e-7, "exp_approx is off by {err} (relative) at {at}");
         assert_eq!(exp_approx(-1e4), 0.0);
         assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_approx(0.0), 1.0);
