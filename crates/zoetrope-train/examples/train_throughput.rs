@@ -29,7 +29,8 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use zoetrope_models::world::dit::{
-    flow_matching_loss, randn_like, varmap_param_count, TimestepSampler, WorldDit, WorldDitConfig,
+    flow_matching_loss, patch_grid, randn_like, varmap_param_count, TimestepSampler, WorldDit,
+    WorldDitConfig,
 };
 use zoetrope_models::world::text::{
     pad_ids, WorldTextConfig, WorldTextEncoder, WorldTokenizer, EOS_ID,
@@ -196,11 +197,7 @@ fn dit(bench: &DitBench, steps: usize, device: &Device) -> Result<()> {
     let model = WorldDit::new(&dcfg, vb.pp("dit"))?;
     let mut opt = AdamW::new(&varmap, train.optim.clone())?;
     let mut ema = Ema::new(&varmap, train.ema_decay)?;
-    let tokens: usize = grid
-        .iter()
-        .zip(dcfg.patch)
-        .map(|(g, p)| g / p.max(1))
-        .product();
+    let tokens: usize = patch_grid(grid, dcfg.patch)?.iter().product();
     println!(
         "DiT: {} config (dim {}, depth {}, heads {}, patch {:?}), {latent_channels} latent \
          channels, {} parameters with the text encoder (vocabulary {}); batch {DIT_BATCH} at \

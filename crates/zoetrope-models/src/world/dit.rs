@@ -399,25 +399,20 @@ pub fn sincos_3d(
 
 // ---------------------------------------------------------------------------------------------
 // Ops: zoetrope's fused kernels (forward and backward) for f32 on the CPU; elsewhere candle's
-// fused kernels for inference and differentiable compositions for training
+// forward-only kernels for inference and `fused`'s differentiable compositions for training
 // ---------------------------------------------------------------------------------------------
 
 /// LayerNorm over the last dim without affine parameters, computed in f32.
 pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    if fused::supports(&x) {
-        return fused::layer_norm(&x, eps)?.to_dtype(dtype);
-    }
-    if !x.track_op() && x.is_contiguous() {
+    if !fused::supports(&x) && !x.track_op() && x.is_contiguous() {
         let d = x.dim(D::Minus1)?;
         let ones = Tensor::ones(d, DType::F32, x.device())?;
         let zeros = Tensor::zeros(d, DType::F32, x.device())?;
         return candle_nn::ops::layer_norm(&x, &ones, &zeros, eps as f32)?.to_dtype(dtype);
     }
-    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)
+    fused::layer_norm(&x, eps)?.to_dtype(dtype)
 }
 
 /// LayerNorm with affine parameters `(weight, bias)`.
@@ -446,25 +441,19 @@ impl AffineNorm {
 
 /// RMSNorm over the last dim with a weight.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused::supports(x) && fused::supports(weight) {
-        return fused::rms_norm(x, weight, eps);
-    }
-    if !x.track_op() && !weight.track_op() && x.is_contiguous() && x.dtype() == DType::F32 {
+    let fused_kernel = fused::supports(x) && fused::supports(weight);
+    let untracked = !x.track_op() && !weight.track_op();
+    if !fused_kernel && untracked && x.is_contiguous() && x.dtype() == DType::F32 {
         return candle_nn::ops::rms_norm(x, weight, eps as f32);
     }
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&r)?.to_dtype(dtype)?.broadcast_mul(weight)
+    fused::rms_norm(x, weight, eps)
 }
 
 fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fused::supports(x) {
-        fused::softmax_last_dim(x)
-    } else if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
+    if !fused::supports(x) && !x.track_op() {
         candle_nn::ops::softmax_last_dim(x)
+    } else {
+        fused::softmax_last_dim(x)
     }
 }
 
@@ -472,12 +461,11 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let y = if fused::supports(&x) && fused::supports(cos) && fused::supports(sin) {
-        fused::rope_i(&x, cos, sin)?
-    } else if x.track_op() {
-        candle_nn::rotary_emb::rope_i_slow(&x, cos, sin)?
-    } else {
+    let fused_kernel = fused::supports(&x) && fused::supports(cos) && fused::supports(sin);
+    let y = if !fused_kernel && !x.track_op() {
         candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+    } else {
+        fused::rope_i(&x, cos, sin)?
     };
     y.to_dtype(dtype)
 }
