@@ -69,6 +69,11 @@ pub struct DitArgs {
     /// DiT shape as JSON (a WorldDitConfig file); the shipped default otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Start from the averaged weights of another DiT run (same text encoder and width) instead
+    /// of random ones; --config may use a finer spacetime patch (e.g. [1, 2, 2] from
+    /// [1, 4, 4]), whose patch embedding and output layer are resized from the source's.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Clips generated and scored at every evaluation (captions of training-distribution
     /// scenes); 0 logs only the validation loss.
     #[arg(long, default_value_t = 6)]
@@ -310,7 +315,8 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             )?,
             None => WorldDitConfig::default(),
         };
-        Some((config, dit, RunDir::create(vae_dir)?))
+        let init = args.init_from.as_deref().map(RunDir::open).transpose()?;
+        Some((config, dit, RunDir::create(vae_dir)?, init))
     };
     // Every evaluation also generates a few clips from training-distribution captions (not the
     // held-out prompts, which stay for the final evaluation) and scores them.
@@ -342,11 +348,12 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
     let mut reporter = Reporter::new();
     let state = train_dit(
         &run,
-        new.as_ref().map(|(config, dit, vae_run)| NewDitRun {
+        new.as_ref().map(|(config, dit, vae_run, init)| NewDitRun {
             config: config.clone(),
             dit: dit.clone(),
             text: WorldTextConfig::default(),
             vae_run,
+            init_from: init.as_ref(),
         }),
         DitResumeChanges {
             steps: args.steps,

@@ -129,6 +129,9 @@ pub struct DitRunState {
     pub ema_updates: usize,
     pub elapsed_s: f64,
     pub val_loss: Option<f64>,
+    /// The DiT run whose averaged weights this run started from (`--init-from`), if any.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 pub const DIT_RUN_KIND: &str = "world-dit";
@@ -288,6 +291,9 @@ pub struct NewDitRun<'a> {
     /// Text encoder shape; its `vocab_size` is set from the vocabulary.
     pub text: WorldTextConfig,
     pub vae_run: &'a RunDir,
+    /// Start from another DiT run's averaged weights instead of a random initialisation (see
+    /// [`warm_start`]).
+    pub init_from: Option<&'a RunDir>,
 }
 
 /// The whole world model (VAE, text encoder, DiT) from a DiT run's state, its averaged weights
@@ -360,6 +366,7 @@ pub fn train_dit(
 ) -> Result<DitRunState> {
     let device = Device::Cpu;
     let resume = new.is_none();
+    let mut init_from = None;
     let (mut state, vae_tensors) = match new {
         None => {
             let mut s: DitRunState = run.load_state()?;
@@ -388,6 +395,7 @@ pub fn train_dit(
             text.validate()?;
             let tok_json: serde_json::Value = serde_json::from_str(&tokenizer.to_json())
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            init_from = new.init_from;
             (
                 DitRunState {
                     kind: DIT_RUN_KIND.into(),
@@ -401,6 +409,7 @@ pub fn train_dit(
                     ema_updates: 0,
                     elapsed_s: 0.0,
                     val_loss: None,
+                    init_from: new.init_from.map(|r| r.path().display().to_string()),
                 },
                 vae_tensors,
             )
@@ -435,6 +444,11 @@ pub fn train_dit(
     }
 
     let models = build_models(&state, cfg.seed, &device)?;
+    if let Some(source) = init_from {
+        for note in warm_start(&models.varmap, &state, source, &device)? {
+            tracing::info!("{}: {note}", run.path().display());
+        }
+    }
     let mut opt = AdamW::new(&models.varmap, cfg.optim.clone())?;
     let mut ema = Ema::new(&models.varmap, cfg.ema_decay)?;
     if resume {
@@ -554,9 +568,164 @@ pub fn load_dit_run(
     Ok((state, averages(&run.load_tensors(device)?)))
 }
 
+/// Loads another DiT run's averaged weights into a new run's variables. The text encoder,
+/// tokenizer and transformer width must match; the spacetime patch may be finer than the
+/// source's by whole factors (e.g. 1×4×4 → 1×2×2): the patch embedding and output projection are
+/// then resized by [`shrink_patch_in`] / [`shrink_patch_out`], and every other tensor is copied.
+/// Returns notes on what was resized, for the log.
+pub fn warm_start(
+    varmap: &VarMap,
+    state: &DitRunState,
+    source: &RunDir,
+    device: &Device,
+) -> Result<Vec<String>> {
+    let (src, tensors) = load_dit_run(source, device)?;
+    let from = source.path().display();
+    if src.tokenizer != state.tokenizer {
+        candle_core::bail!(
+            "--init-from {from}: its tokenizer's vocabulary differs from this run's; start \
+             from a run made by this version of zoetrope"
+        );
+    }
+    if src.text != state.text {
+        candle_core::bail!(
+            "--init-from {from}: its text encoder {:?} differs from this run's {:?}",
+            src.text,
+            state.text
+        );
+    }
+    let same_but_patch = WorldDitConfig {
+        patch: state.dit.patch,
+        ..src.dit.clone()
+    };
+    if same_but_patch != state.dit {
+        candle_core::bail!(
+            "--init-from {from}: its DiT {:?} differs from this run's {:?} in more than the patch",
+            src.dit,
+            state.dit
+        );
+    }
+    let (old, new) = (src.dit.patch, state.dit.patch);
+    let mut notes = vec![format!(
+        "initialised from the averaged weights of {from} at step {}",
+        src.step
+    )];
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("--init-from {from}: its checkpoint has no {name}"))
+        })?;
+        let t = match name.as_str() {
+            "dit.patch_embed.weight" if old != new => {
+                notes.push(format!("{name} resized from patch {old:?} to {new:?}"));
+                shrink_patch_in(t, state.dit.in_channels(), old, new)?
+            }
+            "dit.proj_out.weight" | "dit.proj_out.bias" if old != new => {
+                notes.push(format!("{name} resized from patch {old:?} to {new:?}"));
+                shrink_patch_out(t, state.dit.latent_channels, old, new)?
+            }
+            _ => t.clone(),
+        };
+        if t.dims() != var.dims() {
+            candle_core::bail!(
+                "--init-from {from}: {name} has shape {:?}, this run's {:?}",
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(notes)
+}
+
+/// How many source patch cells make one cell of the finer patch, per axis; errors unless each
+/// axis of `old` is a whole multiple of `new`'s.
+fn patch_factors(old: [usize; 3], new: [usize; 3]) -> Result<[usize; 3]> {
+    if (0..3).any(|i| new[i] == 0 || old[i] % new[i] != 0) {
+        candle_core::bail!(
+            "cannot resize patch {old:?} to {new:?}: each axis of the new patch must divide the \
+             old one (e.g. [1, 4, 4] → [1, 2, 2])"
+        );
+    }
+    Ok([old[0] / new[0], old[1] / new[1], old[2] / new[2]])
+}
+
+/// Patch-embedding weight `[dim, C·old]` → `[dim, C·new]` for a finer patch: each new cell's
+/// column is the sum of the old columns it covers, so a finer patch embeds as the coarse one did
+/// its nearest-neighbour enlargement (FlexiViT's resize for that upsampling).
+pub fn shrink_patch_in(
+    w: &Tensor,
+    channels: usize,
+    old: [usize; 3],
+    new: [usize; 3],
+) -> Result<Tensor> {
+    let [ft, fh, fw] = patch_factors(old, new)?;
+    let d = w.dim(0)?;
+    w.reshape(vec![d, channels, new[0], ft, new[1], fh, new[2], fw])?
+        .sum(7)?
+        .sum(5)?
+        .sum(3)?
+        .reshape((d, channels * new.iter().product::<usize>()))
+}
+
+/// Output projection weight `[C·old, dim]` (or bias `[C·old]`) → `[C·new, …]`: each new cell is
+/// the mean of the old cells it covers (the coarse patch's prediction, average-pooled).
+pub fn shrink_patch_out(
+    w: &Tensor,
+    channels: usize,
+    old: [usize; 3],
+    new: [usize; 3],
+) -> Result<Tensor> {
+    let [ft, fh, fw] = patch_factors(old, new)?;
+    let rest: Vec<usize> = w.dims()[1..].to_vec();
+    let mut shape = vec![channels, new[0], ft, new[1], fh, new[2], fw];
+    shape.extend(&rest);
+    let mut out_shape = vec![channels * new.iter().product::<usize>()];
+    out_shape.extend(&rest);
+    (w.reshape(shape)?.sum(6)?.sum(4)?.sum(2)? / (ft * fh * fw) as f64)?.reshape(out_shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finer patch's embedding of `x` equals the coarse embedding of `x` enlarged by nearest
+    /// neighbour; its output equals the coarse output average-pooled.
+    #[test]
+    fn patch_resizes_match_nearest_enlargement_and_pooling() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, d) = (3usize, 5usize);
+        let (old, new) = ([1, 4, 4], [1, 2, 2]);
+        let w_in = Tensor::randn(0f32, 1.0, (d, c * 16), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (c, 1, 2, 2), &dev)?;
+        // Nearest-neighbour 2× enlargement of each cell: [c, 1, 4, 4].
+        let big = x
+            .unsqueeze(3)?
+            .unsqueeze(5)?
+            .broadcast_as((c, 1, 2, 2, 2, 2))?
+            .contiguous()?
+            .reshape((c, 1, 4, 4))?;
+        let coarse = w_in.matmul(&big.reshape((c * 16, 1))?)?;
+        let fine = shrink_patch_in(&w_in, c, old, new)?.matmul(&x.reshape((c * 4, 1))?)?;
+        let gap = (coarse - fine)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(gap < 1e-4, "{gap}");
+
+        let w_out = Tensor::randn(0f32, 1.0, (c * 16, d), &dev)?;
+        let h = Tensor::randn(0f32, 1.0, (d, 1), &dev)?;
+        let pooled = w_out
+            .matmul(&h)?
+            .reshape((c, 2, 2, 2, 2))?
+            .mean(4)?
+            .mean(2)?
+            .reshape((c * 4, 1))?;
+        let fine = shrink_patch_out(&w_out, c, old, new)?.matmul(&h)?;
+        let gap = (pooled - fine)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(gap < 1e-5, "{gap}");
+        let bias = Tensor::randn(0f32, 1.0, c * 16, &dev)?;
+        assert_eq!(shrink_patch_out(&bias, c, old, new)?.dims(), &[c * 4]);
+        assert!(shrink_patch_in(&w_in, c, old, [1, 3, 3]).is_err());
+        Ok(())
+    }
 
     #[test]
     fn vocabulary_covers_training_captions() {

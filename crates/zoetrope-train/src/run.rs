@@ -34,6 +34,20 @@ impl RunDir {
         })
     }
 
+    /// Opens an existing run to read from; errors naming `dir` when it holds no saved run.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let run = Self {
+            dir: dir.to_path_buf(),
+        };
+        if !run.has_state() {
+            return Err(io_err(
+                dir,
+                format!("not a training run (no {STATE_FILE} and {CHECKPOINT_FILE} there)"),
+            ));
+        }
+        Ok(run)
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

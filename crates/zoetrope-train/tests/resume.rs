@@ -111,6 +111,7 @@ fn dit_training_resumes_exactly() {
             dit: WorldDitConfig::tiny(),
             text: WorldTextConfig::tiny(1),
             vae_run: &vae,
+            init_from: None,
         });
         let state = train_dit(
             &run,
@@ -131,6 +132,112 @@ fn dit_training_resumes_exactly() {
     run_dit("b", 1, false);
     let resumed = run_dit("b", 3, true);
     assert_same(&params(&straight), &params(&resumed));
+}
+
+#[test]
+fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
+    let config = DitTrainConfig {
+        seed: 5,
+        steps: 2,
+        batch: 2,
+        shapes: vec![ClipShape::new(32, 32, 5)],
+        initial_chunks: 1,
+        max_chunks: 1,
+        log_every: 1,
+        eval_every: 1000,
+        checkpoint_every: 1000,
+        ..DitTrainConfig::default()
+    };
+    let train = |dir: &str, config: DitTrainConfig, dit: WorldDitConfig, init: Option<&RunDir>| {
+        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
+        train_dit(
+            &run,
+            Some(NewDitRun {
+                config,
+                dit,
+                text: WorldTextConfig::tiny(1),
+                vae_run: &vae,
+                init_from: init,
+            }),
+            DitResumeChanges::default(),
+            None,
+            None,
+            &mut |_| {},
+        )
+        .map(|_| run)
+    };
+    let source = train("source", config.clone(), WorldDitConfig::tiny(), None).unwrap();
+    // One step at learning rate 0: the new run's weights are the warm start's.
+    let mut frozen = DitTrainConfig {
+        steps: 1,
+        ..config.clone()
+    };
+    frozen.optim.lr = 0.0;
+    let finer = WorldDitConfig {
+        patch: [1, 1, 1],
+        ..WorldDitConfig::tiny()
+    };
+    let warm = train("warm", frozen.clone(), finer.clone(), Some(&source)).unwrap();
+    let src = params(&source);
+    let got = params(&warm);
+    let state: zoetrope_train::dit::DitRunState = warm.load_state().unwrap();
+    assert_eq!(
+        state.init_from.as_deref(),
+        Some(source.path().to_str().unwrap())
+    );
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let mut copied = 0;
+    for (k, v) in &got {
+        let Some(name) = k.strip_prefix("param.") else {
+            continue;
+        };
+        let avg = &src[&format!("ema.{name}")];
+        let want = match name {
+            "dit.patch_embed.weight" => {
+                zoetrope_train::dit::shrink_patch_in(avg, finer.in_channels(), [1, 2, 2], [1, 1, 1])
+                    .unwrap()
+            }
+            "dit.proj_out.weight" | "dit.proj_out.bias" => zoetrope_train::dit::shrink_patch_out(
+                avg,
+                finer.latent_channels,
+                [1, 2, 2],
+                [1, 1, 1],
+            )
+            .unwrap(),
+            _ => avg.clone(),
+        };
+        assert_eq!(v.dims(), want.dims(), "{name}");
+        assert!(max_diff(v, &want) < 1e-6, "{name} is not the warm start's");
+        copied += 1;
+    }
+    assert!(copied > 20, "{copied}");
+    // A DiT that differs in more than the patch is refused, naming the source.
+    let wider = WorldDitConfig {
+        dim: 64,
+        ..WorldDitConfig::tiny()
+    };
+    let err = train("wide", frozen.clone(), wider, Some(&source)).unwrap_err();
+    assert!(err.to_string().contains("--init-from"), "{err}");
+    // So is a coarser patch.
+    let coarser = WorldDitConfig {
+        patch: [1, 4, 4],
+        ..WorldDitConfig::tiny()
+    };
+    let err = train("coarse", frozen, coarser, Some(&source)).unwrap_err();
+    assert!(err.to_string().contains("must divide"), "{err}");
 }
 
 #[test]
