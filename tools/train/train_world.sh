@@ -16,6 +16,9 @@ Z=target/release/zoetrope
 #    --freeze-encoder may go on improving the decoder alone later.
 $Z train vae --out "$RUNS/world-vae" --config tools/train/world_vae.json \
     --steps 3000 --stop-at "${VAE_STOP_AT:-1100}" --lr 2e-3 --seed 1
+#    Then the decoder alone (the encoder frozen at its averaged weights, so the DiT's latents
+#    do not change), on the same schedule.
+$Z train vae --out "$RUNS/world-vae" --resume --freeze-encoder --stop-at "${VAE_POLISH_AT:-2000}"
 
 # 2. The DiT and text encoder on the VAE's latents (batch 16, mixed shapes, timestep shift 3).
 $Z train dit --vae "$RUNS/world-vae" --out "$RUNS/world-dit" --config tools/train/world_dit.json \
