@@ -615,17 +615,20 @@ pub fn warm_start(
         let t = tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("--init-from {from}: its checkpoint has no {name}"))
         })?;
-        let t = match name.as_str() {
-            "dit.patch_embed.weight" if old != new => {
-                notes.push(format!("{name} resized from patch {old:?} to {new:?}"));
-                shrink_patch_in(t, state.dit.in_channels(), old, new)?
+        let resized = match name.as_str() {
+            _ if old == new => None,
+            "dit.patch_embed.weight" => {
+                Some(shrink_patch_in(t, state.dit.in_channels(), old, new)?)
             }
-            "dit.proj_out.weight" | "dit.proj_out.bias" if old != new => {
-                notes.push(format!("{name} resized from patch {old:?} to {new:?}"));
-                shrink_patch_out(t, state.dit.latent_channels, old, new)?
+            "dit.proj_out.weight" | "dit.proj_out.bias" => {
+                Some(shrink_patch_out(t, state.dit.latent_channels, old, new)?)
             }
-            _ => t.clone(),
+            _ => None,
         };
+        if resized.is_some() {
+            notes.push(format!("{name} resized from patch {old:?} to {new:?}"));
+        }
+        let t = resized.unwrap_or_else(|| t.clone());
         if t.dims() != var.dims() {
             candle_core::bail!(
                 "--init-from {from}: {name} has shape {:?}, this run's {:?}",

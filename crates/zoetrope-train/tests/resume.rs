@@ -30,21 +30,40 @@ fn params(run: &RunDir) -> HashMap<String, Tensor> {
     run.load_tensors(&Device::Cpu).unwrap()
 }
 
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
     assert_eq!(a.len(), b.len());
     for (k, va) in a {
-        let vb = &b[k];
-        let d = (va - vb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(va, &b[k]);
         assert_eq!(d, 0.0, "{k} differs by {d}");
+    }
+}
+
+/// A DiT run small enough for a test: one chunk of 32×32×5 clips, batch 2.
+fn tiny_dit_config(steps: usize) -> DitTrainConfig {
+    DitTrainConfig {
+        seed: 5,
+        steps,
+        batch: 2,
+        shapes: vec![ClipShape::new(32, 32, 5)],
+        initial_chunks: 1,
+        max_chunks: 1,
+        log_every: 1,
+        eval_every: 1000,
+        checkpoint_every: 1000,
+        ..DitTrainConfig::default()
     }
 }
 
@@ -90,24 +109,10 @@ fn vae_training_is_seeded_and_resumes_exactly() {
 fn dit_training_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
-    let config = DitTrainConfig {
-        seed: 5,
-        batch: 2,
-        shapes: vec![ClipShape::new(32, 32, 5)],
-        initial_chunks: 1,
-        max_chunks: 1,
-        log_every: 1,
-        eval_every: 1000,
-        checkpoint_every: 1000,
-        ..DitTrainConfig::default()
-    };
     let run_dit = |dir: &str, steps: usize, resume: bool| {
         let run = RunDir::create(&tmp.path().join(dir)).unwrap();
         let new = (!resume).then(|| NewDitRun {
-            config: DitTrainConfig {
-                steps,
-                ..config.clone()
-            },
+            config: tiny_dit_config(steps),
             dit: WorldDitConfig::tiny(),
             text: WorldTextConfig::tiny(1),
             vae_run: &vae,
@@ -138,18 +143,6 @@ fn dit_training_resumes_exactly() {
 fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
-    let config = DitTrainConfig {
-        seed: 5,
-        steps: 2,
-        batch: 2,
-        shapes: vec![ClipShape::new(32, 32, 5)],
-        initial_chunks: 1,
-        max_chunks: 1,
-        log_every: 1,
-        eval_every: 1000,
-        checkpoint_every: 1000,
-        ..DitTrainConfig::default()
-    };
     let train = |dir: &str, config: DitTrainConfig, dit: WorldDitConfig, init: Option<&RunDir>| {
         let run = RunDir::create(&tmp.path().join(dir)).unwrap();
         train_dit(
@@ -168,12 +161,9 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
         )
         .map(|_| run)
     };
-    let source = train("source", config.clone(), WorldDitConfig::tiny(), None).unwrap();
+    let source = train("source", tiny_dit_config(2), WorldDitConfig::tiny(), None).unwrap();
     // One step at learning rate 0: the new run's weights are the warm start's.
-    let mut frozen = DitTrainConfig {
-        steps: 1,
-        ..config.clone()
-    };
+    let mut frozen = tiny_dit_config(1);
     frozen.optim.lr = 0.0;
     let finer = WorldDitConfig {
         patch: [1, 1, 1],
@@ -187,18 +177,6 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
         state.init_from.as_deref(),
         Some(source.path().to_str().unwrap())
     );
-    let max_diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let mut copied = 0;
     for (k, v) in &got {
         let Some(name) = k.strip_prefix("param.") else {
@@ -265,28 +243,16 @@ fn freezing_the_encoder_keeps_its_averaged_weights() {
         let Some(name) = k.strip_prefix("param.") else {
             continue;
         };
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         if name.starts_with("encoder.") {
             // Live encoder = its average from before freezing, and its average no longer moves.
             let ema_before = &before[&format!("ema.{name}")];
-            assert_eq!(diff(v, ema_before), 0.0, "{name}");
+            assert_eq!(max_diff(v, ema_before), 0.0, "{name}");
             assert_eq!(
-                diff(&after[&format!("ema.{name}")], ema_before),
+                max_diff(&after[&format!("ema.{name}")], ema_before),
                 0.0,
                 "{name}"
             );
-        } else if diff(v, &before[k]) > 0.0 {
+        } else if max_diff(v, &before[k]) > 0.0 {
             decoder_moved = true;
         }
     }
