@@ -366,7 +366,7 @@ pub fn train_dit(
 ) -> Result<DitRunState> {
     let device = Device::Cpu;
     let resume = new.is_none();
-    let mut init_from = None;
+    let init_from = new.as_ref().and_then(|n| n.init_from);
     let (mut state, vae_tensors) = match new {
         None => {
             let mut s: DitRunState = run.load_state()?;
@@ -395,7 +395,6 @@ pub fn train_dit(
             text.validate()?;
             let tok_json: serde_json::Value = serde_json::from_str(&tokenizer.to_json())
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            init_from = new.init_from;
             (
                 DitRunState {
                     kind: DIT_RUN_KIND.into(),
@@ -691,6 +690,7 @@ pub fn shrink_patch_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zoetrope_nn::metrics::max_abs_diff;
 
     /// A finer patch's embedding of `x` equals the coarse embedding of `x` enlarged by nearest
     /// neighbour; its output equals the coarse output average-pooled.
@@ -710,7 +710,7 @@ mod tests {
             .reshape((c, 1, 4, 4))?;
         let coarse = w_in.matmul(&big.reshape((c * 16, 1))?)?;
         let fine = shrink_patch_in(&w_in, c, old, new)?.matmul(&x.reshape((c * 4, 1))?)?;
-        let gap = (coarse - fine)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let gap = max_abs_diff(&coarse, &fine)?;
         assert!(gap < 1e-4, "{gap}");
 
         let w_out = Tensor::randn(0f32, 1.0, (c * 16, d), &dev)?;
@@ -722,7 +722,7 @@ mod tests {
             .mean(2)?
             .reshape((c * 4, 1))?;
         let fine = shrink_patch_out(&w_out, c, old, new)?.matmul(&h)?;
-        let gap = (pooled - fine)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let gap = max_abs_diff(&pooled, &fine)?;
         assert!(gap < 1e-5, "{gap}");
         let bias = Tensor::randn(0f32, 1.0, c * 16, &dev)?;
         assert_eq!(shrink_patch_out(&bias, c, old, new)?.dims(), &[c * 4]);

@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use zoetrope_models::world::dit::WorldDitConfig;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
+use zoetrope_nn::metrics::max_abs_diff;
 use zoetrope_train::data::ClipShape;
 use zoetrope_train::dit::{train_dit, DitResumeChanges, DitTrainConfig, NewDitRun};
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
@@ -31,16 +32,7 @@ fn params(run: &RunDir) -> HashMap<String, Tensor> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_diff(a, b).unwrap()
 }
 
 fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
