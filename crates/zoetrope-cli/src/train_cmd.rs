@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
-use zoetrope_models::world::dit::WorldDitConfig;
+use zoetrope_models::world::dit::{TimestepSampler, WorldDitConfig};
 use zoetrope_models::world::model::{SamplingDefaults, WorldModel};
 use zoetrope_models::world::pipeline::WorldPipeline;
 use zoetrope_models::world::score::score_prompts;
@@ -34,7 +34,8 @@ pub struct DitArgs {
     /// Run directory: checkpoint, state, log and latent cache go here.
     #[arg(long)]
     out: PathBuf,
-    /// The VAE run whose (averaged) weights make the latents.
+    /// The VAE whose weights make the latents: a VAE run (its averaged weights) or a world-model
+    /// folder (model.json + model.safetensors, e.g. crates/zoetrope-models/weights/world).
     #[arg(long, required_unless_present = "resume")]
     vae: Option<PathBuf>,
     /// Continue the run saved in --out (its settings are kept, except what --steps and
@@ -54,6 +55,10 @@ pub struct DitArgs {
     /// run).
     #[arg(long)]
     timestep_shift: Option<f64>,
+    /// How training times are drawn before the shift: logit-normal (most steps near the middle)
+    /// or uniform (as many steps near t = 0, where detail is drawn, as anywhere; a new run only).
+    #[arg(long, value_enum, default_value_t = TimestepDraw::LogitNormal)]
+    timesteps: TimestepDraw,
     /// Clips per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -69,15 +74,34 @@ pub struct DitArgs {
     /// DiT shape as JSON (a WorldDitConfig file); the shipped default otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Start from the averaged weights of another DiT run (same text encoder and width) instead
-    /// of random ones; --config may use a finer spacetime patch (e.g. [1, 2, 2] from
-    /// [1, 4, 4]), whose patch embedding and output layer are resized from the source's.
+    /// Start from the averaged weights of another DiT run, or from a world-model folder's DiT
+    /// and text encoder (fine-tuning), instead of random ones (same text encoder and width; the
+    /// latent scale is the source's); --config may use a finer spacetime patch (e.g. [1, 2, 2]
+    /// from [1, 4, 4]), whose patch embedding and output layer are resized from the source's.
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
     /// Clips generated and scored at every evaluation (captions of training-distribution
     /// scenes); 0 logs only the validation loss.
     #[arg(long, default_value_t = 6)]
     eval_prompts: usize,
+}
+
+/// How a DiT run draws its training times (before the shift).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimestepDraw {
+    /// `sigmoid(n)`, `n ~ N(0, 1)`.
+    LogitNormal,
+    /// Uniform on (0, 1).
+    Uniform,
+}
+
+impl From<TimestepDraw> for TimestepSampler {
+    fn from(d: TimestepDraw) -> Self {
+        match d {
+            TimestepDraw::LogitNormal => TimestepSampler::default(),
+            TimestepDraw::Uniform => TimestepSampler::Uniform,
+        }
+    }
 }
 
 /// Seeds of the scenes whose captions are scored during training.
@@ -95,7 +119,7 @@ const CHECKS: [&str; 7] = [
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// The VAE run.
+    /// The VAE: a VAE run, or a world-model folder whose VAE the DiT run was trained on.
     #[arg(long)]
     vae: PathBuf,
     /// The DiT run.
@@ -308,6 +332,7 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
         if let Some(s) = args.timestep_shift {
             config.shift = s;
         }
+        config.timesteps = args.timesteps.into();
         config.optim.decay_until = Some(config.steps);
         let dit = match &args.config {
             Some(p) => WorldDitConfig::from_json(
@@ -315,8 +340,7 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             )?,
             None => WorldDitConfig::default(),
         };
-        let init = args.init_from.as_deref().map(RunDir::open).transpose()?;
-        Some((config, dit, RunDir::create(vae_dir)?, init))
+        Some((config, dit, vae_dir.clone(), args.init_from.clone()))
     };
     // Every evaluation also generates a few clips from training-distribution captions (not the
     // held-out prompts, which stay for the final evaluation) and scores them.
@@ -352,8 +376,8 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
             config: config.clone(),
             dit: dit.clone(),
             text: WorldTextConfig::default(),
-            vae_run,
-            init_from: init.as_ref(),
+            vae: vae_run,
+            init_from: init.as_deref(),
         }),
         DitResumeChanges {
             steps: args.steps,
@@ -389,7 +413,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         "zoetrope_version": env!("CARGO_PKG_VERSION"),
     });
     let manifest = export_model(
-        &RunDir::create(&args.vae)?,
+        &args.vae,
         &RunDir::create(&args.dit)?,
         &args.output,
         dtype,

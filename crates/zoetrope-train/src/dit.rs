@@ -13,6 +13,7 @@
 //! held-out colour/shape/motion combination, so the held-out prompts are unseen in training.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -37,7 +38,7 @@ use crate::events::{Meter, TrainEvent};
 use crate::init::SeededVarMap;
 use crate::optim::{AdamW, Ema, OptimConfig};
 use crate::run::{averages, checkpoint_tensors, log_metrics, restore_vars, RunDir};
-use crate::vae::{load_vae_run, vae_from_tensors};
+use crate::vae::{load_vae_source, vae_from_tensors};
 
 /// Clips per cache chunk.
 pub const CHUNK: usize = 128;
@@ -122,16 +123,21 @@ pub struct DitRunState {
     pub text: WorldTextConfig,
     /// The tokenizer (JSON of [`WorldTokenizer::to_json`]).
     pub tokenizer: serde_json::Value,
-    /// The VAE the latents come from (its config, with `scaling_factor` set from the cache).
+    /// The VAE the latents come from (its config, with `scaling_factor` set from the cache, or
+    /// the warm start's).
     pub vae: WorldVaeConfig,
-    /// Directory of the VAE run.
+    /// Where the VAE's weights are: a VAE run or a world-model directory.
     pub vae_run: String,
     pub ema_updates: usize,
     pub elapsed_s: f64,
     pub val_loss: Option<f64>,
-    /// The DiT run whose averaged weights this run started from (`--init-from`), if any.
+    /// The DiT run or world model whose weights this run started from (`--init-from`), if any.
     #[serde(default)]
     pub init_from: Option<String>,
+    /// How those weights were made (the source run's steps and time, or the source model's
+    /// `training.dit`), so an export can say what its DiT's training adds up to.
+    #[serde(default)]
+    pub init_provenance: serde_json::Value,
 }
 
 pub const DIT_RUN_KIND: &str = "world-dit";
@@ -290,10 +296,11 @@ pub struct NewDitRun<'a> {
     pub dit: WorldDitConfig,
     /// Text encoder shape; its `vocab_size` is set from the vocabulary.
     pub text: WorldTextConfig,
-    pub vae_run: &'a RunDir,
-    /// Start from another DiT run's averaged weights instead of a random initialisation (see
-    /// [`warm_start`]).
-    pub init_from: Option<&'a RunDir>,
+    /// The VAE: a VAE run or a world-model directory (see [`load_vae_source`]).
+    pub vae: &'a Path,
+    /// Start from another DiT run's averaged weights, or an exported world model's DiT and text
+    /// encoder, instead of a random initialisation (see [`warm_start`]).
+    pub init_from: Option<&'a Path>,
 }
 
 /// The whole world model (VAE, text encoder, DiT) from a DiT run's state, its averaged weights
@@ -378,18 +385,18 @@ pub fn train_dit(
                     s.step
                 );
             }
-            let (_, vae_tensors) = load_vae_run(&RunDir::create(s.vae_run.as_ref())?, &device)?;
-            (s, vae_tensors)
+            let vae = load_vae_source(Path::new(&s.vae_run), &device)?;
+            (s, vae.tensors)
         }
         Some(new) => {
             run.expect_new()?;
-            let (vae_state, vae_tensors) = load_vae_run(new.vae_run, &device)?;
+            let vae = load_vae_source(new.vae, &device)?;
             let vocab = training_vocabulary();
             let tokenizer = WorldTokenizer::new(vocab.iter().map(String::as_str));
             let mut text = new.text;
             text.vocab_size = tokenizer.vocab_size();
             let mut dit = new.dit;
-            dit.latent_channels = vae_state.model.latent_channels;
+            dit.latent_channels = vae.config.latent_channels;
             dit.text_dim = text.dim;
             dit.validate()?;
             text.validate()?;
@@ -403,14 +410,15 @@ pub fn train_dit(
                     dit,
                     text,
                     tokenizer: tok_json,
-                    vae: vae_state.model,
-                    vae_run: new.vae_run.path().display().to_string(),
+                    vae: vae.config,
+                    vae_run: new.vae.display().to_string(),
                     ema_updates: 0,
                     elapsed_s: 0.0,
                     val_loss: None,
-                    init_from: new.init_from.map(|r| r.path().display().to_string()),
+                    init_from: new.init_from.map(|p| p.display().to_string()),
+                    init_provenance: serde_json::Value::Null,
                 },
-                vae_tensors,
+                vae.tensors,
             )
         }
     };
@@ -427,7 +435,12 @@ pub fn train_dit(
     let chunks_at =
         |step: usize| (cfg.initial_chunks + step / cfg.grow_every.max(1)).min(cfg.max_chunks);
     cache.ensure(chunks_at(state.step), &cfg, &vae, events)?;
-    if !resume {
+    let source = init_from.map(|p| load_dit_source(p, &device)).transpose()?;
+    if let Some(src) = &source {
+        // The source DiT learnt latents at its own scale; keep it.
+        state.vae.scaling_factor = src.scaling_factor;
+        state.init_provenance = src.provenance.clone();
+    } else if !resume {
         // Unit variance for the diffusion model: scale latents by 1/std of the first chunks.
         let all = Tensor::cat(
             &cache
@@ -443,8 +456,8 @@ pub fn train_dit(
     }
 
     let models = build_models(&state, cfg.seed, &device)?;
-    if let Some(source) = init_from {
-        for note in warm_start(&models.varmap, &state, source, &device)? {
+    if let Some(source) = &source {
+        for note in warm_start(&models.varmap, &state, source)? {
             tracing::info!("{}: {note}", run.path().display());
         }
     }
@@ -567,19 +580,66 @@ pub fn load_dit_run(
     Ok((state, averages(&run.load_tensors(device)?)))
 }
 
-/// Loads another DiT run's averaged weights into a new run's variables. The text encoder,
-/// tokenizer and transformer width must match; the spacetime patch may be finer than the
-/// source's by whole factors (e.g. 1×4×4 → 1×2×2): the patch embedding and output projection are
-/// then resized by [`shrink_patch_in`] / [`shrink_patch_out`], and every other tensor is copied.
-/// Returns notes on what was resized, for the log.
-pub fn warm_start(
-    varmap: &VarMap,
-    state: &DitRunState,
-    source: &RunDir,
-    device: &Device,
-) -> Result<Vec<String>> {
-    let (src, tensors) = load_dit_run(source, device)?;
-    let from = source.path().display();
+/// A DiT and text encoder to start a run from: a DiT run's averaged weights or an exported world
+/// model's.
+pub struct DitSource {
+    /// Where it was read from, for messages.
+    pub path: String,
+    pub dit: WorldDitConfig,
+    pub text: WorldTextConfig,
+    pub tokenizer: serde_json::Value,
+    /// The latent scale the DiT was trained at.
+    pub scaling_factor: f64,
+    /// `dit.*` and `text.*` weights, f32.
+    pub tensors: HashMap<String, Tensor>,
+    /// How the weights were made.
+    pub provenance: serde_json::Value,
+}
+
+/// Loads the DiT and text encoder at `path`: a world-model directory (`model.json`) or a DiT run.
+pub fn load_dit_source(path: &Path, device: &Device) -> Result<DitSource> {
+    let shown = path.display().to_string();
+    if zoetrope_models::world::model::is_model_dir(path) {
+        let (m, tensors) = zoetrope_models::world::model::read_model_dir(path, DType::F32, device)?;
+        let tensors = tensors
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("dit.") || k.starts_with("text."))
+            .collect();
+        return Ok(DitSource {
+            provenance: serde_json::json!({
+                "model": shown,
+                "training": m.training.get("dit").cloned().unwrap_or_default(),
+            }),
+            path: shown,
+            dit: m.dit,
+            text: m.text,
+            tokenizer: m.tokenizer,
+            scaling_factor: m.vae.scaling_factor,
+            tensors,
+        });
+    }
+    let (state, tensors) = load_dit_run(&RunDir::open(path)?, device)?;
+    Ok(DitSource {
+        provenance: serde_json::json!({"run": shown, "steps": state.step,
+            "train_seconds": state.elapsed_s, "val_loss": state.val_loss,
+            "init": state.init_provenance}),
+        path: shown,
+        dit: state.dit,
+        text: state.text,
+        tokenizer: state.tokenizer,
+        scaling_factor: state.vae.scaling_factor,
+        tensors,
+    })
+}
+
+/// Loads a DiT source's weights into a new run's variables. The text encoder, tokenizer and
+/// transformer width must match; the spacetime patch may be finer than the source's by whole
+/// factors (e.g. 1×4×4 → 1×2×2): the patch embedding and output projection are then resized by
+/// [`shrink_patch_in`] / [`shrink_patch_out`], and every other tensor is copied. Returns notes on
+/// what was resized, for the log.
+pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Result<Vec<String>> {
+    let tensors = &src.tensors;
+    let from = &src.path;
     if src.tokenizer != state.tokenizer {
         candle_core::bail!(
             "--init-from {from}: its tokenizer's vocabulary differs from this run's; start \
@@ -605,10 +665,7 @@ pub fn warm_start(
         );
     }
     let (old, new) = (src.dit.patch, state.dit.patch);
-    let mut notes = vec![format!(
-        "initialised from the averaged weights of {from} at step {}",
-        src.step
-    )];
+    let mut notes = vec![format!("initialised from the weights of {from}")];
     let data = varmap.data().lock().expect("varmap lock");
     for (name, var) in data.iter() {
         let t = tensors.get(name).ok_or_else(|| {

@@ -11,13 +11,14 @@ use zoetrope_models::world::model::{
 
 use crate::dit::load_dit_run;
 use crate::run::RunDir;
-use crate::vae::load_vae_run;
+use crate::vae::load_vae_source;
 
-/// Writes the averaged weights of `vae_run` and `dit_run` to `out` as `dtype`, with `defaults`
-/// and provenance (`training`, plus each run's steps and training time) in the manifest.
-/// Returns the manifest.
+/// Writes the VAE at `vae` (a VAE run's averaged weights, or an exported model's VAE; see
+/// [`load_vae_source`]) and the averaged weights of `dit_run` to `out` as `dtype`, with
+/// `defaults` and provenance (`training`, plus each part's steps and training time) in the
+/// manifest. Returns the manifest.
 pub fn export_model(
-    vae_run: &RunDir,
+    vae: &Path,
     dit_run: &RunDir,
     out: &Path,
     dtype: DType,
@@ -25,18 +26,18 @@ pub fn export_model(
     mut training: serde_json::Value,
 ) -> Result<WorldModelManifest> {
     let device = Device::Cpu;
-    let (vae_state, vae) = load_vae_run(vae_run, &device)?;
+    let vae_source = load_vae_source(vae, &device)?;
     let (dit_state, dit) = load_dit_run(dit_run, &device)?;
-    if dit_state.vae.latent_channels != vae_state.model.latent_channels {
+    if dit_state.vae.latent_channels != vae_source.config.latent_channels {
         candle_core::bail!(
             "the DiT run was trained on a VAE with {} latent channels, {} has {}",
             dit_state.vae.latent_channels,
-            vae_run.path().display(),
-            vae_state.model.latent_channels
+            vae.display(),
+            vae_source.config.latent_channels
         );
     }
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (k, v) in vae {
+    for (k, v) in vae_source.tensors {
         tensors.insert(format!("vae.{k}"), v.to_dtype(dtype)?);
     }
     for (k, v) in dit {
@@ -44,15 +45,12 @@ pub fn export_model(
         tensors.insert(k, v.to_dtype(dtype)?);
     }
     if let serde_json::Value::Object(m) = &mut training {
-        m.insert(
-            "vae".into(),
-            serde_json::json!({"steps": vae_state.step, "train_seconds": vae_state.elapsed_s,
-                "eval_psnr_db": vae_state.eval_psnr, "config": vae_state.config}),
-        );
+        m.insert("vae".into(), vae_source.provenance);
         m.insert(
             "dit".into(),
             serde_json::json!({"steps": dit_state.step, "train_seconds": dit_state.elapsed_s,
-                "val_loss": dit_state.val_loss, "config": dit_state.config}),
+                "val_loss": dit_state.val_loss, "config": dit_state.config,
+                "init_from": dit_state.init_provenance}),
         );
     }
     let manifest = WorldModelManifest {

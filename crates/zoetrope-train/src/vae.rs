@@ -337,6 +337,50 @@ pub fn train_vae(
     Ok(state)
 }
 
+/// A VAE's weights and config from wherever they live: a VAE training run or an exported world
+/// model (whose `vae.*` weights a DiT run can be trained or fine-tuned on when the run that made
+/// them is gone).
+pub struct VaeSource {
+    pub config: WorldVaeConfig,
+    /// Weights without the `vae.` prefix, f32.
+    pub tensors: HashMap<String, Tensor>,
+    /// How the weights were made, for an export's manifest.
+    pub provenance: serde_json::Value,
+}
+
+/// Loads the VAE at `path`: a world-model directory (`model.json`) or a VAE run (its averaged
+/// weights).
+pub fn load_vae_source(path: &std::path::Path, device: &Device) -> Result<VaeSource> {
+    if zoetrope_models::world::model::is_model_dir(path) {
+        let (manifest, tensors) =
+            zoetrope_models::world::model::read_model_dir(path, DType::F32, device)?;
+        let tensors: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix("vae.").map(|n| (n.to_string(), v)))
+            .collect();
+        if tensors.is_empty() {
+            candle_core::bail!("{}: the model has no vae.* weights", path.display());
+        }
+        let provenance = serde_json::json!({
+            "model": path.display().to_string(),
+            "training": manifest.training.get("vae").cloned().unwrap_or_default(),
+        });
+        return Ok(VaeSource {
+            config: manifest.vae,
+            tensors,
+            provenance,
+        });
+    }
+    let (state, tensors) = load_vae_run(&RunDir::open(path)?, device)?;
+    let provenance = serde_json::json!({"steps": state.step, "train_seconds": state.elapsed_s,
+        "eval_psnr_db": state.eval_psnr, "config": state.config});
+    Ok(VaeSource {
+        config: state.model,
+        tensors,
+        provenance,
+    })
+}
+
 /// The averaged weights of a finished (or running) VAE run, and its config.
 pub fn load_vae_run(
     run: &RunDir,

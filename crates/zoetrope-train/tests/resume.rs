@@ -4,11 +4,13 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use zoetrope_models::world::dit::WorldDitConfig;
+use zoetrope_models::world::model::{read_model_dir, SamplingDefaults};
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
 use zoetrope_nn::metrics::max_abs_diff;
 use zoetrope_train::data::ClipShape;
 use zoetrope_train::dit::{train_dit, DitResumeChanges, DitTrainConfig, NewDitRun};
+use zoetrope_train::export::export_model;
 use zoetrope_train::vae::{train_vae, VaeTrainConfig};
 use zoetrope_train::RunDir;
 
@@ -107,7 +109,7 @@ fn dit_training_resumes_exactly() {
             config: tiny_dit_config(steps),
             dit: WorldDitConfig::tiny(),
             text: WorldTextConfig::tiny(1),
-            vae_run: &vae,
+            vae: vae.path(),
             init_from: None,
         });
         let state = train_dit(
@@ -143,8 +145,8 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
                 config,
                 dit,
                 text: WorldTextConfig::tiny(1),
-                vae_run: &vae,
-                init_from: init,
+                vae: vae.path(),
+                init_from: init.map(RunDir::path),
             }),
             DitResumeChanges::default(),
             None,
@@ -249,4 +251,76 @@ fn freezing_the_encoder_keeps_its_averaged_weights() {
         }
     }
     assert!(decoder_moved);
+}
+
+/// A run can start from an exported model folder alone (its VAE makes the latents, its DiT and
+/// text encoder are the starting weights, its latent scale is kept), as when the runs that made
+/// the shipped model are gone; and that run exports again with the folder as its VAE.
+#[test]
+fn dit_fine_tunes_from_an_exported_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
+    let train = |dir: &str, config: DitTrainConfig, vae: &std::path::Path, init| {
+        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
+        let state = train_dit(
+            &run,
+            Some(NewDitRun {
+                config,
+                dit: WorldDitConfig::tiny(),
+                text: WorldTextConfig::tiny(1),
+                vae,
+                init_from: init,
+            }),
+            DitResumeChanges::default(),
+            None,
+            None,
+            &mut |_| {},
+        )?;
+        Ok::<_, candle_core::Error>((run, state))
+    };
+    let (source, _) = train("source", tiny_dit_config(2), vae.path(), None).unwrap();
+    let folder = tmp.path().join("model");
+    let exported = export_model(
+        vae.path(),
+        &source,
+        &folder,
+        candle_core::DType::F32,
+        SamplingDefaults::default(),
+        serde_json::json!({"note": "test"}),
+    )
+    .unwrap();
+    let mut frozen = tiny_dit_config(1);
+    frozen.optim.lr = 0.0;
+    let (tuned, state) = train("tuned", frozen, &folder, Some(&folder)).unwrap();
+    assert_eq!(state.vae.scaling_factor, exported.vae.scaling_factor);
+    assert_eq!(state.init_provenance["model"], folder.display().to_string());
+    let (_, weights) = read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let got = params(&tuned);
+    let mut copied = 0;
+    for (k, v) in &got {
+        if let Some(name) = k.strip_prefix("param.") {
+            assert_eq!(max_diff(v, &weights[name]), 0.0, "{name}");
+            copied += 1;
+        }
+    }
+    assert!(copied > 20, "{copied}");
+    // Exporting the fine-tuned run with the folder as its VAE keeps the folder's VAE weights.
+    let again = tmp.path().join("again");
+    let manifest = export_model(
+        &folder,
+        &tuned,
+        &again,
+        candle_core::DType::F32,
+        SamplingDefaults::default(),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    assert_eq!(manifest.vae, exported.vae);
+    let (_, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
+    for (k, v) in weights.iter().filter(|(k, _)| k.starts_with("vae.")) {
+        assert_eq!(max_diff(v, &out[k]), 0.0, "{k}");
+    }
+    // A folder without a model and a run are told apart by name.
+    let err = train("bad", tiny_dit_config(1), &tmp.path().join("nothing"), None).unwrap_err();
+    assert!(err.to_string().contains("nothing"), "{err}");
 }

@@ -5,9 +5,10 @@
 //! A model directory holds `model.safetensors` and `model.json`; the built-in model is the same
 //! two files embedded in the binary.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -146,15 +147,7 @@ impl WorldModel {
 
     /// Loads `model.json` and `model.safetensors` from `dir`.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-            err(format!(
-                "{}: cannot read the world-model manifest: {e}",
-                manifest_path.display()
-            ))
-        })?;
-        let manifest = WorldModelManifest::from_json(&text)
-            .map_err(|e| err(format!("{}: {e}", manifest_path.display())))?;
+        let manifest = read_manifest(dir)?;
         let weights: PathBuf = dir.join(WEIGHTS_FILE);
         let vb = zoetrope_nn::Checkpoint::open(&[&weights])?.var_builder(dtype, device);
         Self::from_var_builder(manifest, vb)
@@ -185,4 +178,39 @@ impl WorldModel {
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Self::from_var_builder(manifest, vb)
     }
+}
+
+/// Whether `dir` holds a world model (a `model.json` manifest), as opposed to, say, a training
+/// run.
+pub fn is_model_dir(dir: &Path) -> bool {
+    dir.join(MANIFEST_FILE).is_file()
+}
+
+/// Reads and checks `dir`'s `model.json`; errors name the file.
+pub fn read_manifest(dir: &Path) -> Result<WorldModelManifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(format!(
+            "{}: cannot read the world-model manifest: {e}",
+            path.display()
+        ))
+    })?;
+    WorldModelManifest::from_json(&text).map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+/// The manifest and every weight of the model directory `dir`, converted to `dtype`: for code
+/// that starts from an exported model (fine-tuning) rather than runs one.
+pub fn read_model_dir(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(WorldModelManifest, HashMap<String, Tensor>)> {
+    let manifest = read_manifest(dir)?;
+    let path = dir.join(WEIGHTS_FILE);
+    let tensors = candle_core::safetensors::load(&path, device)
+        .map_err(|e| err(format!("{}: {e}", path.display())))?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok((manifest, tensors))
 }
