@@ -120,4 +120,44 @@ fn train_resume_export_and_generate() {
     ]));
     let video = zoetrope_video::read_video(&clip).unwrap();
     assert_eq!((video.width(), video.height(), video.len()), (32, 32, 5));
+
+    // Fine-tuning needs only the exported folder: its VAE, its DiT and text encoder.
+    let tuned = tmp.path().join("tuned");
+    let tuned_model = tmp.path().join("tuned-model");
+    ok(&zoetrope(&[
+        "train",
+        "dit",
+        "--vae",
+        p(&model),
+        "--init-from",
+        p(&model),
+        "--out",
+        p(&tuned),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--max-chunks",
+        "1",
+        "--config",
+        p(&dit_cfg),
+        "--timesteps",
+        "uniform",
+        "--timestep-shift",
+        "1",
+    ]));
+    let state = std::fs::read_to_string(tuned.join("state.json")).unwrap();
+    assert!(state.contains("\"uniform\""), "{state}");
+    ok(&zoetrope(&[
+        "train",
+        "export",
+        "--vae",
+        p(&model),
+        "--dit",
+        p(&tuned),
+        "-o",
+        p(&tuned_model),
+    ]));
+    let manifest = std::fs::read_to_string(tuned_model.join("model.json")).unwrap();
+    assert!(manifest.contains("init_from"), "{manifest}");
 }
