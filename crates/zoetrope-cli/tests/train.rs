@@ -21,6 +21,21 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
+/// `train export` of a VAE (run or model folder) and a DiT run; returns the manifest.
+fn export(vae: &Path, dit: &Path, out: &Path) -> String {
+    ok(&zoetrope(&[
+        "train",
+        "export",
+        "--vae",
+        p(vae),
+        "--dit",
+        p(dit),
+        "-o",
+        p(out),
+    ]));
+    std::fs::read_to_string(out.join("model.json")).unwrap()
+}
+
 #[test]
 fn train_resume_export_and_generate() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,17 +105,7 @@ fn train_resume_export_and_generate() {
         "3",
     ]));
     assert!(msg.contains("DiT: 3 steps"), "{msg}");
-    ok(&zoetrope(&[
-        "train",
-        "export",
-        "--vae",
-        p(&vae),
-        "--dit",
-        p(&dit),
-        "-o",
-        p(&model),
-    ]));
-    let manifest = std::fs::read_to_string(model.join("model.json")).unwrap();
+    let manifest = export(&vae, &dit, &model);
     assert!(manifest.contains("\"steps\": 3"), "{manifest}");
 
     let clip = tmp.path().join("clip.gif");
@@ -148,16 +153,6 @@ fn train_resume_export_and_generate() {
     ]));
     let state = std::fs::read_to_string(tuned.join("state.json")).unwrap();
     assert!(state.contains("\"uniform\""), "{state}");
-    ok(&zoetrope(&[
-        "train",
-        "export",
-        "--vae",
-        p(&model),
-        "--dit",
-        p(&tuned),
-        "-o",
-        p(&tuned_model),
-    ]));
-    let manifest = std::fs::read_to_string(tuned_model.join("model.json")).unwrap();
+    let manifest = export(&model, &tuned, &tuned_model);
     assert!(manifest.contains("init_from"), "{manifest}");
 }
