@@ -56,9 +56,10 @@ pub struct DitArgs {
     #[arg(long)]
     timestep_shift: Option<f64>,
     /// How training times are drawn before the shift: logit-normal (most steps near the middle)
-    /// or uniform (as many steps near t = 0, where detail is drawn, as anywhere; a new run only).
-    #[arg(long, value_enum, default_value_t = TimestepDraw::LogitNormal)]
-    timesteps: TimestepDraw,
+    /// or uniform (as many steps near t = 0, where detail is drawn, as anywhere). A new run's
+    /// setting (default logit-normal); a resumed run keeps its own.
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    timesteps: Option<TimestepDraw>,
     /// Clips per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -332,7 +333,9 @@ fn dit(args: DitArgs) -> anyhow::Result<()> {
         if let Some(s) = args.timestep_shift {
             config.shift = s;
         }
-        config.timesteps = args.timesteps.into();
+        if let Some(d) = args.timesteps {
+            config.timesteps = d.into();
+        }
         config.optim.decay_until = Some(config.steps);
         let dit = match &args.config {
             Some(p) => WorldDitConfig::from_json(
