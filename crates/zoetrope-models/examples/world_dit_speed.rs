@@ -149,6 +149,7 @@ fn main() -> Result<()> {
                 &tok,
                 &m,
                 None,
+                None,
                 TimestepSampler::default(),
                 1.0,
                 &mut rng,

@@ -7,8 +7,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use zoetrope_models::world::dit::{
     apply_given_frames, caption_dropout, flow_matching_loss, flow_matching_loss_at, patch_grid,
-    patchify, randn_like, shift_timestep, unpatchify, varmap_param_count, FrameMaskConfig,
-    FrameMaskKind, TimestepSampler, WorldDit, WorldDitConfig,
+    patchify, randn_like, shift_timestep, unpatchify, varmap_param_count,
+    weighted_flow_matching_loss_at, FrameMaskConfig, FrameMaskKind, TimestepSampler, WorldDit,
+    WorldDitConfig,
 };
 use zoetrope_models::world::text::{
     WorldTextConfig, WorldTextEncoder, WorldTokenizer, BOS_ID, EOS_ID, PAD_ID, UNK_ID,
@@ -237,6 +238,7 @@ fn adaln_zero_starts_at_zero_and_moves_after_one_step() {
         &text,
         &mask,
         None,
+        None,
         TimestepSampler::default(),
         1.0,
         &mut rng(2),
@@ -271,6 +273,7 @@ fn tiny_model_overfits_one_batch() {
                 &text.detach(),
                 &mask,
                 None,
+                None,
                 TimestepSampler::default(),
                 1.0,
                 &mut r,
@@ -298,6 +301,7 @@ fn tiny_model_overfits_one_batch() {
             &x0,
             &text,
             &mask,
+            None,
             None,
             TimestepSampler::default(),
             1.0,
@@ -432,6 +436,34 @@ fn conditioned_loss_counts_only_generated_frames() {
         (loss - expect).abs() < 1e-5 * expect.max(1.0),
         "{loss} vs {expect}"
     );
+
+    // Cell weights: weight 3 on every cell of frame (0, 1), 1 elsewhere, is the mean with that
+    // frame counted three times; uniform weights of any size are the plain loss.
+    let mut w = vec![1f32; 2 * 3 * 4 * 4];
+    w[16..32].iter_mut().for_each(|v| *v = 3.0);
+    let w = Tensor::from_vec(w, (2, 1, 3, 4, 4), &DEV).unwrap();
+    let weighted = |w: &Tensor| -> f32 {
+        weighted_flow_matching_loss_at(&m.dit, &x0, &noise, &t, &text, &mask, Some(&fm), Some(w))
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let expect = (3.0 * sq[1] + sq[2] + sq[3]) / (5.0 * 4.0 * 4.0 * 4.0);
+    let got = weighted(&w);
+    assert!(
+        (got - expect).abs() < 1e-5 * expect.max(1.0),
+        "{got} vs {expect}"
+    );
+    let uniform = weighted(&Tensor::full(2.5f32, (2, 1, 3, 4, 4), &DEV).unwrap());
+    assert!(
+        (uniform - loss).abs() < 1e-5 * loss.max(1.0),
+        "{uniform} vs {loss}"
+    );
+    let bad = Tensor::ones((2, 1, 3, 2, 4), DType::F32, &DEV).unwrap();
+    let e = weighted_flow_matching_loss_at(&m.dit, &x0, &noise, &t, &text, &mask, None, Some(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cell weights"), "{e}");
 }
 
 #[test]

@@ -240,6 +240,7 @@ fn dit(bench: &DitBench, steps: usize, device: &Device) -> Result<()> {
             &tokens,
             &mask,
             None,
+            None,
             TimestepSampler::default(),
             train.shift,
             &mut rng,

@@ -100,6 +100,41 @@ pub fn foreground_weight(clip: &Tensor, weight: f32, threshold: f32) -> Result<T
     Tensor::from_vec(out, (1, t, h, w), clip.device())
 }
 
+/// Which cells of a `tf × h × w` latent grid hold part of an object, as `[1, 1, tf, h, w]` of 0/1:
+/// a cell is foreground when any pixel of its spatial block, in any frame of its causal frame
+/// group (frame 0 alone, then equal groups of the rest), is off the clip's background colour (see
+/// [`foreground_weight`], same `threshold`). Lets a latent-space loss weigh objects as the VAE's
+/// pixel loss does.
+pub fn latent_foreground(
+    video: &Video,
+    (tf, h, w): (usize, usize, usize),
+    threshold: f32,
+    device: &Device,
+) -> Result<Tensor> {
+    let pixels = foreground_weight(&video_tensor(video, None, device)?, 2.0, threshold)?;
+    let (t, ph, pw) = (video.len(), video.height() as usize, video.width() as usize);
+    let group = if tf > 1 { (t - 1) / (tf - 1) } else { 1 };
+    if h == 0 || w == 0 || ph % h != 0 || pw % w != 0 || (tf > 1 && 1 + (tf - 1) * group != t) {
+        return Err(candle_core::Error::Msg(format!(
+            "latent grid {tf}x{h}x{w} does not divide a {t}-frame {pw}x{ph} clip"
+        )));
+    }
+    let (sy, sx) = (ph / h, pw / w);
+    let px: Vec<f32> = pixels.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; tf * h * w];
+    for (f, frame) in px.chunks(ph * pw).enumerate() {
+        let lf = if f == 0 { 0 } else { (f - 1) / group + 1 };
+        for (y, row) in frame.chunks(pw).enumerate() {
+            for (x, &v) in row.iter().enumerate() {
+                if v > 1.0 {
+                    out[(lf * h + y / sy) * w + x / sx] = 1.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (1, 1, tf, h, w), device)
+}
+
 /// A random crop window of `size × size` inside `width × height`.
 pub fn random_crop<R: Rng + ?Sized>(
     rng: &mut R,
@@ -187,6 +222,30 @@ mod tests {
         for (i, &x) in v.iter().enumerate() {
             assert_eq!(x, if i == red { 6.0 } else { 1.0 }, "pixel {i}");
         }
+    }
+
+    #[test]
+    fn latent_foreground_pools_objects_over_blocks_and_frame_groups() {
+        // 5 frames of 8×8 on black, latent grid 3×2×2 (frame 0 alone, then pairs; 4×4 blocks).
+        // A white pixel at (5, 1) in frame 3 (group 2, block row 0, column 1) and one at (2, 6)
+        // in frame 0 (group 0, block row 1, column 0); a faint one (under the threshold) in frame 1.
+        let mut frames: Vec<zoetrope_video::Frame> = (0..5)
+            .map(|_| zoetrope_video::Frame::filled(8, 8, [0, 0, 0]))
+            .collect();
+        frames[3].set_pixel(5, 1, [255, 255, 255]);
+        frames[0].set_pixel(2, 6, [255, 255, 255]);
+        frames[1].set_pixel(0, 0, [5, 5, 5]);
+        let video = Video::new(frames, 8.0).unwrap();
+        let m = latent_foreground(&video, (3, 2, 2), 0.1, &Device::Cpu).unwrap();
+        assert_eq!(m.dims(), [1, 1, 3, 2, 2]);
+        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        let mut want = vec![0f32; 12];
+        want[2] = 1.0; // group 0, row 1, column 0
+        want[2 * 4 + 1] = 1.0; // group 2, row 0, column 1
+        assert_eq!(v, want);
+        // A grid that does not tile the clip is an error, not a silent misalignment.
+        let e = latent_foreground(&video, (4, 2, 2), 0.1, &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("does not divide"), "{e}");
     }
 
     #[test]

@@ -103,10 +103,13 @@ fn vae_training_is_seeded_and_resumes_exactly() {
 fn dit_training_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
-    let run_dit = |dir: &str, steps: usize, resume: bool| {
+    let run_dit = |dir: &str, steps: usize, resume: bool, foreground_weight: f64| {
         let run = RunDir::create(&tmp.path().join(dir)).unwrap();
         let new = (!resume).then(|| NewDitRun {
-            config: tiny_dit_config(steps),
+            config: DitTrainConfig {
+                foreground_weight,
+                ..tiny_dit_config(steps)
+            },
             dit: WorldDitConfig::tiny(),
             text: WorldTextConfig::tiny(1),
             vae: vae.path(),
@@ -127,10 +130,22 @@ fn dit_training_resumes_exactly() {
         assert_eq!(state.step, steps);
         run
     };
-    let straight = run_dit("a", 3, false);
-    run_dit("b", 1, false);
-    let resumed = run_dit("b", 3, true);
+    let straight = run_dit("a", 3, false, 1.0);
+    run_dit("b", 1, false, 1.0);
+    let resumed = run_dit("b", 3, true, 1.0);
     assert_same(&params(&straight), &params(&resumed));
+    // Weighting the objects' cells (clips re-rendered from their seeds every step) changes
+    // what is learnt, and still resumes exactly.
+    let weighted = run_dit("c", 3, false, 3.0);
+    run_dit("d", 1, false, 3.0);
+    assert_same(&params(&weighted), &params(&run_dit("d", 3, true, 3.0)));
+    let (a, w) = (params(&straight), params(&weighted));
+    let moved = a
+        .iter()
+        .filter(|(k, _)| k.starts_with("param."))
+        .map(|(k, v)| max_diff(v, &w[k]))
+        .fold(0f32, f32::max);
+    assert!(moved > 0.0, "the foreground weight changed nothing");
 }
 
 #[test]

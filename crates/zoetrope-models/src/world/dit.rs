@@ -999,6 +999,23 @@ pub fn flow_matching_loss_at(
     text_mask: &Tensor,
     frame_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    weighted_flow_matching_loss_at(model, x0, noise, t, text, text_mask, frame_mask, None)
+}
+
+/// [`flow_matching_loss_at`] with per-cell loss weights `cell_weight [B, 1, T, H, W]` (shared by
+/// the channels): the weighted mean `Σ w·e² / Σ w` over the generated cells. `None` is weight 1
+/// everywhere, the plain mean.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_flow_matching_loss_at(
+    model: &WorldDit,
+    x0: &Tensor,
+    noise: &Tensor,
+    t: &[f32],
+    text: &Tensor,
+    text_mask: &Tensor,
+    frame_mask: Option<&Tensor>,
+    cell_weight: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, c, tf, h, w) = x0.dims5()?;
     if t.len() != b || noise.dims() != x0.dims() {
         return Err(err(format!(
@@ -1025,6 +1042,26 @@ pub fn flow_matching_loss_at(
         frame_mask.map(|m| (x0, m)),
     )?;
     let sq = (v - target)?.sqr()?;
+    if let Some(weight) = cell_weight {
+        if weight.dims() != [b, 1, tf, h, w] {
+            return Err(err(format!(
+                "flow-matching loss: cell weights {:?} for latents {:?}",
+                weight.dims(),
+                x0.dims()
+            )));
+        }
+        let mut weight = weight.to_dtype(sq.dtype())?;
+        if let Some(m) = frame_mask {
+            let generated = m.to_dtype(sq.dtype())?.affine(-1.0, 1.0)?;
+            weight = weight.broadcast_mul(&generated.reshape((b, 1, tf, 1, 1))?)?;
+        }
+        let total: f32 = weight.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
+        let count = (total as f64 * c as f64).max(1e-6);
+        return sq
+            .broadcast_mul(&weight)?
+            .sum_all()?
+            .affine(1.0 / count, 0.0);
+    }
     match frame_mask {
         None => sq.mean_all(),
         Some(m) => {
@@ -1039,7 +1076,7 @@ pub fn flow_matching_loss_at(
 }
 
 /// The flow-matching training loss with noise and times drawn from `rng`: times from
-/// `t_sampler`, shifted by `shift` (see [`flow_matching_loss_at`]).
+/// `t_sampler`, shifted by `shift` (see [`weighted_flow_matching_loss_at`]).
 #[allow(clippy::too_many_arguments)]
 pub fn flow_matching_loss<R: Rng + ?Sized>(
     model: &WorldDit,
@@ -1047,6 +1084,7 @@ pub fn flow_matching_loss<R: Rng + ?Sized>(
     text: &Tensor,
     text_mask: &Tensor,
     frame_mask: Option<&Tensor>,
+    cell_weight: Option<&Tensor>,
     t_sampler: TimestepSampler,
     shift: f64,
     rng: &mut R,
@@ -1056,7 +1094,16 @@ pub fn flow_matching_loss<R: Rng + ?Sized>(
         .map(|_| t_sampler.sample(rng, shift) as f32)
         .collect();
     let noise = randn_like(x0, rng)?;
-    flow_matching_loss_at(model, x0, &noise, &t, text, text_mask, frame_mask)
+    weighted_flow_matching_loss_at(
+        model,
+        x0,
+        &noise,
+        &t,
+        text,
+        text_mask,
+        frame_mask,
+        cell_weight,
+    )
 }
 
 /// Which latent frames a conditioning mask gives.
