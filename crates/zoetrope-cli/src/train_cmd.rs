@@ -83,7 +83,8 @@ pub struct DitArgs {
     /// Start from the averaged weights of another DiT run, or from a world-model folder's DiT
     /// and text encoder (fine-tuning), instead of random ones (same text encoder and width; the
     /// latent scale is the source's); --config may use a finer spacetime patch (e.g. [1, 2, 2]
-    /// from [1, 4, 4]), whose patch embedding and output layer are resized from the source's.
+    /// from [1, 4, 4]), whose patch embedding and output layer are resized from the source's,
+    /// and more blocks (the new ones are appended and start as the identity).
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
     /// Clips generated and scored at every evaluation (captions of training-distribution

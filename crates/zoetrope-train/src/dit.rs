@@ -698,21 +698,33 @@ pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Resu
             state.text
         );
     }
-    let same_but_patch = WorldDitConfig {
+    let same_but_patch_and_depth = WorldDitConfig {
         patch: state.dit.patch,
+        depth: state.dit.depth,
         ..src.dit.clone()
     };
-    if same_but_patch != state.dit {
+    if same_but_patch_and_depth != state.dit || state.dit.depth < src.dit.depth {
         candle_core::bail!(
-            "--init-from {from}: its DiT {:?} differs from this run's {:?} in more than the patch",
+            "--init-from {from}: its DiT {:?} differs from this run's {:?} in more than the patch \
+             and added blocks",
             src.dit,
             state.dit
         );
     }
     let (old, new) = (src.dit.patch, state.dit.patch);
     let mut notes = vec![format!("initialised from the weights of {from}")];
+    if state.dit.depth > src.dit.depth {
+        notes.push(format!(
+            "blocks {}..{} are new, appended after the source's {} (their gates and \
+             cross-attention outputs start at zero, so the deeper DiT starts as the source)",
+            src.dit.depth, state.dit.depth, src.dit.depth
+        ));
+    }
     let data = varmap.data().lock().expect("varmap lock");
     for (name, var) in data.iter() {
+        if added_block(name, src.dit.depth) {
+            continue;
+        }
         let t = tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("--init-from {from}: its checkpoint has no {name}"))
         })?;
@@ -744,6 +756,15 @@ pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Resu
 
 /// How many source patch cells make one cell of the finer patch, per axis; errors unless each
 /// axis of `old` is a whole multiple of `new`'s.
+/// Whether `name` is a parameter of a DiT block at index `depth` or beyond (one a source of that
+/// depth does not have).
+fn added_block(name: &str, depth: usize) -> bool {
+    name.strip_prefix("dit.blocks.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .is_some_and(|i| i >= depth)
+}
+
 fn patch_factors(old: [usize; 3], new: [usize; 3]) -> Result<[usize; 3]> {
     if (0..3).any(|i| new[i] == 0 || old[i] % new[i] != 0) {
         candle_core::bail!(

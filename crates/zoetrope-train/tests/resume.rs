@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use zoetrope_models::world::dit::WorldDitConfig;
-use zoetrope_models::world::model::{read_model_dir, SamplingDefaults};
+use zoetrope_models::world::model::{read_model_dir, SamplingDefaults, WorldModel};
+use zoetrope_models::world::pipeline::WorldPipeline;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
 use zoetrope_nn::metrics::max_abs_diff;
@@ -223,8 +224,53 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
         patch: [1, 4, 4],
         ..WorldDitConfig::tiny()
     };
-    let err = train("coarse", frozen, coarser, Some(&source)).unwrap_err();
+    let err = train("coarse", frozen.clone(), coarser, Some(&source)).unwrap_err();
     assert!(err.to_string().contains("must divide"), "{err}");
+    // A deeper DiT keeps the source's blocks and appends new ones that start as the identity,
+    // so it computes the source's velocities; a shallower one is refused.
+    let deeper = WorldDitConfig {
+        depth: WorldDitConfig::tiny().depth + 2,
+        ..WorldDitConfig::tiny()
+    };
+    let grown = train("deep", frozen.clone(), deeper, Some(&source)).unwrap();
+    let velocity = |run: &RunDir, name: &str| {
+        let dir = tmp.path().join(name);
+        export_model(
+            vae.path(),
+            run,
+            &dir,
+            candle_core::DType::F32,
+            SamplingDefaults::default(),
+            serde_json::json!({}),
+        )
+        .unwrap();
+        let model = WorldModel::load_dir(&dir, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let pipe = WorldPipeline::new(model);
+        let text = pipe
+            .encode_text("a red ball on a black background", "", 4.0)
+            .unwrap();
+        // Fixed latents [1, 4, 2, 4, 4] (the tiny VAE's channels; 2 latent frames).
+        let x = (Tensor::arange(0f32, 128.0, &Device::Cpu).unwrap() * 0.37)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((1, 4, 2, 4, 4))
+            .unwrap();
+        pipe.velocity(&x, 0.6, &text, 4.0, None).unwrap()
+    };
+    let v_src = velocity(&source, "source-model");
+    let v_deep = velocity(&grown, "deep-model");
+    assert!(
+        max_diff(&v_src, &v_deep) < 1e-5,
+        "{}",
+        max_diff(&v_src, &v_deep)
+    );
+    let shallower = WorldDitConfig {
+        depth: 1,
+        ..WorldDitConfig::tiny()
+    };
+    let err = train("shallow", frozen, shallower, Some(&source)).unwrap_err();
+    assert!(err.to_string().contains("--init-from"), "{err}");
 }
 
 #[test]
