@@ -1050,29 +1050,26 @@ pub fn weighted_flow_matching_loss_at(
                 x0.dims()
             )));
         }
-        let mut weight = weight.to_dtype(sq.dtype())?;
-        if let Some(m) = frame_mask {
-            let generated = m.to_dtype(sq.dtype())?.affine(-1.0, 1.0)?;
-            weight = weight.broadcast_mul(&generated.reshape((b, 1, tf, 1, 1))?)?;
-        }
-        let total: f32 = weight.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
-        let count = (total as f64 * c as f64).max(1e-6);
-        return sq
-            .broadcast_mul(&weight)?
-            .sum_all()?
-            .affine(1.0 / count, 0.0);
     }
-    match frame_mask {
-        None => sq.mean_all(),
-        Some(m) => {
-            let generated = m.to_dtype(sq.dtype())?.affine(-1.0, 1.0)?;
-            let frames: f32 = generated.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
-            let count = (frames as f64 * (c * h * w) as f64).max(1.0);
-            sq.broadcast_mul(&generated.reshape((b, 1, tf, 1, 1))?)?
-                .sum_all()?
-                .affine(1.0 / count, 0.0)
-        }
-    }
+    // Generated frames only (given frames weigh 0), times the cell weights.
+    let generated = frame_mask
+        .map(|m| {
+            m.to_dtype(sq.dtype())?
+                .affine(-1.0, 1.0)?
+                .reshape((b, 1, tf, 1, 1))
+        })
+        .transpose()?;
+    let weight = match (cell_weight, generated) {
+        (None, None) => return sq.mean_all(),
+        (Some(cw), None) => cw.to_dtype(sq.dtype())?,
+        (None, Some(g)) => g.broadcast_as((b, 1, tf, h, w))?.contiguous()?,
+        (Some(cw), Some(g)) => cw.to_dtype(sq.dtype())?.broadcast_mul(&g)?,
+    };
+    let total: f32 = weight.to_dtype(DType::F32)?.sum_all()?.to_scalar()?;
+    let count = (total as f64 * c as f64).max(1e-6);
+    sq.broadcast_mul(&weight)?
+        .sum_all()?
+        .affine(1.0 / count, 0.0)
 }
 
 /// The flow-matching training loss with noise and times drawn from `rng`: times from
