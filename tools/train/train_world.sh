@@ -34,8 +34,16 @@ $Z train dit --vae "$RUNS/world-base" --init-from "$RUNS/world-base" --out "$RUN
     --config tools/train/world_dit.json --foreground-weight 3 --lr 2e-4 --seed 2 --max-chunks 32 \
     --steps 3200 --stop-at 1600
 $Z train dit --out "$RUNS/world-dit-fg" --resume --steps 5000
-
-# 4. The fine-tuned DiT beside the base model's VAE, averaged weights in f16, as the built-in
-#    model.
 $Z train export --vae "$RUNS/world-base" --dit "$RUNS/world-dit-fg" \
+    -o "$RUNS/world-fg" --note "tools/train/train_world.sh (4-block fine-tune)"
+
+# 4. The same fine-tune again from that folder, the DiT grown from 4 blocks to 5 (the new block
+#    starts as the identity; 5 blocks keep the f16 weights under 20 MB), on new clips (seed 4).
+$Z train dit --vae "$RUNS/world-fg" --init-from "$RUNS/world-fg" --out "$RUNS/world-dit-5" \
+    --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 4 \
+    --max-chunks 32 --steps 3200
+
+# 5. The grown DiT beside the base model's VAE (the same VAE throughout), averaged weights in
+#    f16, as the built-in model.
+$Z train export --vae "$RUNS/world-fg" --dit "$RUNS/world-dit-5" \
     -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh"
