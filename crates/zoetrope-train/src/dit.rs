@@ -754,8 +754,6 @@ pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Resu
     Ok(notes)
 }
 
-/// How many source patch cells make one cell of the finer patch, per axis; errors unless each
-/// axis of `old` is a whole multiple of `new`'s.
 /// Whether `name` is a parameter of a DiT block at index `depth` or beyond (one a source of that
 /// depth does not have).
 fn added_block(name: &str, depth: usize) -> bool {
@@ -765,6 +763,8 @@ fn added_block(name: &str, depth: usize) -> bool {
         .is_some_and(|i| i >= depth)
 }
 
+/// How many source patch cells make one cell of the finer patch, per axis; errors unless each
+/// axis of `old` is a whole multiple of `new`'s.
 fn patch_factors(old: [usize; 3], new: [usize; 3]) -> Result<[usize; 3]> {
     if (0..3).any(|i| new[i] == 0 || old[i] % new[i] != 0) {
         candle_core::bail!(
