@@ -16,7 +16,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use zoetrope_models::world::dit::{
-    flow_matching_loss, randn_like, varmap_param_count, TimestepSampler, WorldDit, WorldDitConfig,
+    flow_matching_loss, randn_like, varmap_param_count, FlowBatch, TimestepSampler, WorldDit,
+    WorldDitConfig,
 };
 use zoetrope_models::world::text::{WorldTextConfig, WorldTextEncoder};
 
@@ -145,11 +146,7 @@ fn main() -> Result<()> {
             let (tok, m) = text.forward(&ids)?;
             let loss = flow_matching_loss(
                 &dit,
-                &x0,
-                &tok,
-                &m,
-                None,
-                None,
+                &FlowBatch::new(&x0, &tok, &m),
                 TimestepSampler::default(),
                 1.0,
                 &mut rng,

@@ -7,9 +7,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use zoetrope_models::world::dit::{
     apply_given_frames, caption_dropout, flow_matching_loss, flow_matching_loss_at, patch_grid,
-    patchify, randn_like, shift_timestep, unpatchify, varmap_param_count,
-    weighted_flow_matching_loss_at, FrameMaskConfig, FrameMaskKind, TimestepSampler, WorldDit,
-    WorldDitConfig,
+    patchify, randn_like, shift_timestep, unpatchify, varmap_param_count, FlowBatch,
+    FrameMaskConfig, FrameMaskKind, TimestepSampler, WorldDit, WorldDitConfig,
 };
 use zoetrope_models::world::text::{
     WorldTextConfig, WorldTextEncoder, WorldTokenizer, BOS_ID, EOS_ID, PAD_ID, UNK_ID,
@@ -234,11 +233,7 @@ fn adaln_zero_starts_at_zero_and_moves_after_one_step() {
     .unwrap();
     let loss = flow_matching_loss(
         &m.dit,
-        &x,
-        &text,
-        &mask,
-        None,
-        None,
+        &FlowBatch::new(&x, &text, &mask),
         TimestepSampler::default(),
         1.0,
         &mut rng(2),
@@ -269,11 +264,7 @@ fn tiny_model_overfits_one_batch() {
         for _ in 0..8 {
             let l = flow_matching_loss(
                 &m.dit,
-                &x0,
-                &text.detach(),
-                &mask,
-                None,
-                None,
+                &FlowBatch::new(&x0, &text.detach(), &mask),
                 TimestepSampler::default(),
                 1.0,
                 &mut r,
@@ -298,11 +289,7 @@ fn tiny_model_overfits_one_batch() {
         let (text, mask, _) = m.text.encode_prompts(&tok, &caps).unwrap();
         let loss = flow_matching_loss(
             &m.dit,
-            &x0,
-            &text,
-            &mask,
-            None,
-            None,
+            &FlowBatch::new(&x0, &text, &mask),
             TimestepSampler::default(),
             1.0,
             &mut r,
@@ -384,7 +371,8 @@ fn conditioned_loss_counts_only_generated_frames() {
     let noise = randn(&[2, 4, 3, 4, 4], 2);
     let t = [0.25f32, 0.75];
     let fm = Tensor::new(&[[1f32, 0., 0.], [0., 1., 1.]], &DEV).unwrap();
-    let loss: f32 = flow_matching_loss_at(&m.dit, &x0, &noise, &t, &text, &mask, Some(&fm))
+    let batch = FlowBatch::new(&x0, &text, &mask);
+    let loss: f32 = flow_matching_loss_at(&m.dit, &batch.with_frame_mask(Some(&fm)), &noise, &t)
         .unwrap()
         .to_scalar()
         .unwrap();
@@ -443,10 +431,15 @@ fn conditioned_loss_counts_only_generated_frames() {
     w[16..32].iter_mut().for_each(|v| *v = 3.0);
     let w = Tensor::from_vec(w, (2, 1, 3, 4, 4), &DEV).unwrap();
     let weighted = |w: &Tensor| -> f32 {
-        weighted_flow_matching_loss_at(&m.dit, &x0, &noise, &t, &text, &mask, Some(&fm), Some(w))
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        flow_matching_loss_at(
+            &m.dit,
+            &batch.with_frame_mask(Some(&fm)).with_cell_weight(Some(w)),
+            &noise,
+            &t,
+        )
+        .unwrap()
+        .to_scalar()
+        .unwrap()
     };
     let expect = (3.0 * sq[1] + sq[2] + sq[3]) / (5.0 * 4.0 * 4.0 * 4.0);
     let got = weighted(&w);
@@ -460,7 +453,7 @@ fn conditioned_loss_counts_only_generated_frames() {
         "{uniform} vs {loss}"
     );
     let bad = Tensor::ones((2, 1, 3, 2, 4), DType::F32, &DEV).unwrap();
-    let e = weighted_flow_matching_loss_at(&m.dit, &x0, &noise, &t, &text, &mask, None, Some(&bad))
+    let e = flow_matching_loss_at(&m.dit, &batch.with_cell_weight(Some(&bad)), &noise, &t)
         .unwrap_err()
         .to_string();
     assert!(e.contains("cell weights"), "{e}");

@@ -29,8 +29,8 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use zoetrope_models::world::dit::{
-    flow_matching_loss, patch_grid, randn_like, varmap_param_count, TimestepSampler, WorldDit,
-    WorldDitConfig,
+    flow_matching_loss, patch_grid, randn_like, varmap_param_count, FlowBatch, TimestepSampler,
+    WorldDit, WorldDitConfig,
 };
 use zoetrope_models::world::text::{
     pad_ids, WorldTextConfig, WorldTextEncoder, WorldTokenizer, EOS_ID,
@@ -236,11 +236,7 @@ fn dit(bench: &DitBench, steps: usize, device: &Device) -> Result<()> {
         let (tokens, mask) = text.forward(&ids)?;
         let loss = flow_matching_loss(
             &model,
-            &x0,
-            &tokens,
-            &mask,
-            None,
-            None,
+            &FlowBatch::new(&x0, &tokens, &mask),
             TimestepSampler::default(),
             train.shift,
             &mut rng,

@@ -22,8 +22,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use zoetrope_models::world::dit::{
-    caption_dropout, flow_matching_loss, flow_matching_loss_at, FrameMaskConfig, TimestepSampler,
-    WorldDit, WorldDitConfig,
+    caption_dropout, flow_matching_loss, flow_matching_loss_at, FlowBatch, FrameMaskConfig,
+    TimestepSampler, WorldDit, WorldDitConfig,
 };
 use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest, FORMAT};
 use zoetrope_models::world::text::{
@@ -319,7 +319,7 @@ fn validation_loss(
     let mut rng = ChaCha8Rng::seed_from_u64(0x7A1);
     let noise = zoetrope_models::world::dit::randn_like(&x0, &mut rng)?;
     let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
-    let loss = flow_matching_loss_at(&dit, &x0, &noise, &t, &tokens, &mask, None)?;
+    let loss = flow_matching_loss_at(&dit, &FlowBatch::new(&x0, &tokens, &mask), &noise, &t)?;
     loss.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
@@ -553,11 +553,9 @@ pub fn train_dit(
         };
         let loss = flow_matching_loss(
             &models.dit,
-            &x0,
-            &tokens,
-            &tmask,
-            conditioned.then_some(&fmask),
-            cell_weight.as_ref(),
+            &FlowBatch::new(&x0, &tokens, &tmask)
+                .with_frame_mask(conditioned.then_some(&fmask))
+                .with_cell_weight(cell_weight.as_ref()),
             cfg.timesteps,
             cfg.shift,
             &mut rng,

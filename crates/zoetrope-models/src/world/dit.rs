@@ -986,36 +986,61 @@ pub fn randn_like<R: Rng + ?Sized>(like: &Tensor, rng: &mut R) -> Result<Tensor>
     Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())
 }
 
-/// The flow-matching loss at given noise and times: `x_t = (1 − t)·x0 + t·ε`, target
-/// `v = ε − x0`, mean squared error. With a `frame_mask [B, T]` the given frames are clean in
-/// `x_t`, passed as conditioning, and left out of the mean (only generated frames count).
-#[allow(clippy::too_many_arguments)]
-pub fn flow_matching_loss_at(
-    model: &WorldDit,
-    x0: &Tensor,
-    noise: &Tensor,
-    t: &[f32],
-    text: &Tensor,
-    text_mask: &Tensor,
-    frame_mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    weighted_flow_matching_loss_at(model, x0, noise, t, text, text_mask, frame_mask, None)
+/// One batch for the flow-matching loss: clean latents `x0 [B, C, T, H, W]`, their encoded
+/// captions, and optionally a conditioning `frame_mask [B, T]` (given frames) and per-cell loss
+/// weights `cell_weight [B, 1, T, H, W]` (shared by the channels).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowBatch<'a> {
+    pub x0: &'a Tensor,
+    pub text: &'a Tensor,
+    pub text_mask: &'a Tensor,
+    pub frame_mask: Option<&'a Tensor>,
+    pub cell_weight: Option<&'a Tensor>,
 }
 
-/// [`flow_matching_loss_at`] with per-cell loss weights `cell_weight [B, 1, T, H, W]` (shared by
-/// the channels): the weighted mean `Σ w·e² / Σ w` over the generated cells. `None` is weight 1
-/// everywhere, the plain mean.
-#[allow(clippy::too_many_arguments)]
-pub fn weighted_flow_matching_loss_at(
+impl<'a> FlowBatch<'a> {
+    /// Latents and their text, no conditioning, every cell weighing 1.
+    pub fn new(x0: &'a Tensor, text: &'a Tensor, text_mask: &'a Tensor) -> Self {
+        Self {
+            x0,
+            text,
+            text_mask,
+            frame_mask: None,
+            cell_weight: None,
+        }
+    }
+
+    /// The same batch with these latent frames given (`None`: none).
+    pub fn with_frame_mask(self, frame_mask: Option<&'a Tensor>) -> Self {
+        Self { frame_mask, ..self }
+    }
+
+    /// The same batch with these per-cell loss weights (`None`: weight 1 everywhere).
+    pub fn with_cell_weight(self, cell_weight: Option<&'a Tensor>) -> Self {
+        Self {
+            cell_weight,
+            ..self
+        }
+    }
+}
+
+/// The flow-matching loss at given noise and times: `x_t = (1 − t)·x0 + t·ε`, target
+/// `v = ε − x0`, squared error averaged with the batch's cell weights, `Σ w·e² / Σ w` (the plain
+/// mean without them). With a frame mask the given frames are clean in `x_t`, passed as
+/// conditioning, and left out of the mean (only generated frames count).
+pub fn flow_matching_loss_at(
     model: &WorldDit,
-    x0: &Tensor,
+    batch: &FlowBatch,
     noise: &Tensor,
     t: &[f32],
-    text: &Tensor,
-    text_mask: &Tensor,
-    frame_mask: Option<&Tensor>,
-    cell_weight: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let FlowBatch {
+        x0,
+        text,
+        text_mask,
+        frame_mask,
+        cell_weight,
+    } = *batch;
     let (b, c, tf, h, w) = x0.dims5()?;
     if t.len() != b || noise.dims() != x0.dims() {
         return Err(err(format!(
@@ -1024,6 +1049,15 @@ pub fn weighted_flow_matching_loss_at(
             noise.dims(),
             x0.dims()
         )));
+    }
+    if let Some(weight) = cell_weight {
+        if weight.dims() != [b, 1, tf, h, w] {
+            return Err(err(format!(
+                "flow-matching loss: cell weights {:?} for latents {:?}",
+                weight.dims(),
+                x0.dims()
+            )));
+        }
     }
     let tt = Tensor::from_slice(t, (b, 1, 1, 1, 1), x0.device())?.to_dtype(x0.dtype())?;
     let mut x_t = x0
@@ -1042,15 +1076,6 @@ pub fn weighted_flow_matching_loss_at(
         frame_mask.map(|m| (x0, m)),
     )?;
     let sq = (v - target)?.sqr()?;
-    if let Some(weight) = cell_weight {
-        if weight.dims() != [b, 1, tf, h, w] {
-            return Err(err(format!(
-                "flow-matching loss: cell weights {:?} for latents {:?}",
-                weight.dims(),
-                x0.dims()
-            )));
-        }
-    }
     // Generated frames only (given frames weigh 0), times the cell weights.
     let generated = frame_mask
         .map(|m| {
@@ -1073,34 +1098,20 @@ pub fn weighted_flow_matching_loss_at(
 }
 
 /// The flow-matching training loss with noise and times drawn from `rng`: times from
-/// `t_sampler`, shifted by `shift` (see [`weighted_flow_matching_loss_at`]).
-#[allow(clippy::too_many_arguments)]
+/// `t_sampler`, shifted by `shift` (see [`flow_matching_loss_at`]).
 pub fn flow_matching_loss<R: Rng + ?Sized>(
     model: &WorldDit,
-    x0: &Tensor,
-    text: &Tensor,
-    text_mask: &Tensor,
-    frame_mask: Option<&Tensor>,
-    cell_weight: Option<&Tensor>,
+    batch: &FlowBatch,
     t_sampler: TimestepSampler,
     shift: f64,
     rng: &mut R,
 ) -> Result<Tensor> {
-    let b = x0.dim(0)?;
+    let b = batch.x0.dim(0)?;
     let t: Vec<f32> = (0..b)
         .map(|_| t_sampler.sample(rng, shift) as f32)
         .collect();
-    let noise = randn_like(x0, rng)?;
-    weighted_flow_matching_loss_at(
-        model,
-        x0,
-        &noise,
-        &t,
-        text,
-        text_mask,
-        frame_mask,
-        cell_weight,
-    )
+    let noise = randn_like(batch.x0, rng)?;
+    flow_matching_loss_at(model, batch, &noise, &t)
 }
 
 /// Which latent frames a conditioning mask gives.
