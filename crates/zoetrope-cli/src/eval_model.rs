@@ -22,6 +22,7 @@ use zoetrope_models::world::score::{
 };
 use zoetrope_world::{read_prompt_list, RenderOptions, HELDOUT_PROMPT_FILE};
 
+use crate::generate::WorldOverrides;
 use crate::progress;
 
 /// Seed of the untrained reference's fresh weights: the same baseline on every run.
@@ -332,25 +333,16 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
         };
         let pipe = WorldPipeline::new(model);
         let mut req = pipe.request("")?;
-        if let Some((w, h)) = args.size {
-            (req.width, req.height) = (w as usize, h as usize);
+        WorldOverrides {
+            size: args.size,
+            frames: args.frames,
+            steps: args.steps,
+            guidance: args.guidance,
+            shift: args.shift,
+            sampler: args.sampler,
+            seed: args.seed,
         }
-        if let Some(f) = args.frames {
-            req.frames = f;
-        }
-        if let Some(s) = args.steps {
-            req.steps = s;
-        }
-        if let Some(g) = args.guidance {
-            req.guidance = g;
-        }
-        if let Some(s) = args.shift {
-            req.shift = s;
-        }
-        if let Some(s) = args.sampler {
-            req.sampler = s.into();
-        }
-        req.seed = args.seed;
+        .apply(&mut req);
         pipe.check(&req)?;
         warn_unknown_words(&pipe, &prompts);
         let sampled = args.reference != Reference::Reconstructed;

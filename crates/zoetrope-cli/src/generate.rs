@@ -300,6 +300,42 @@ fn read_conditioning(args: &GenerateOptions) -> anyhow::Result<Conditioning> {
     })
 }
 
+/// The sampling flags a world-model request takes from the command line (`generate`, `eval
+/// model`); `None` keeps what the request already holds.
+pub(crate) struct WorldOverrides {
+    pub size: Option<(u32, u32)>,
+    pub frames: Option<usize>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub shift: Option<f64>,
+    pub sampler: Option<Sampler>,
+    pub seed: u64,
+}
+
+impl WorldOverrides {
+    pub fn apply(&self, req: &mut WorldRequest) {
+        if let Some((w, h)) = self.size {
+            (req.width, req.height) = (w as usize, h as usize);
+        }
+        if let Some(f) = self.frames {
+            req.frames = f;
+        }
+        if let Some(s) = self.steps {
+            req.steps = s;
+        }
+        if let Some(g) = self.guidance {
+            req.guidance = g;
+        }
+        if let Some(s) = self.shift {
+            req.shift = s;
+        }
+        if let Some(s) = self.sampler {
+            req.sampler = s.into();
+        }
+        req.seed = self.seed;
+    }
+}
+
 /// The request: the model's defaults (sized to fit an input image or clip), then the flags.
 fn world_request(
     args: &GenerateOptions,
@@ -311,31 +347,22 @@ fn world_request(
     if let Some((w, h)) = conditioning.input_size() {
         (req.width, req.height) = pipe.size_for_input(w, h);
     }
-    if let Some((w, h)) = args.size {
-        (req.width, req.height) = (w as usize, h as usize);
-    }
     if let Conditioning::Edit { source, .. } = &conditioning {
         req.frames = pipe.frames_at_most(source.len());
     }
-    if let Some(f) = args.frames {
-        req.frames = f;
+    WorldOverrides {
+        size: args.size,
+        frames: args.frames,
+        steps: args.steps,
+        guidance: args.guidance,
+        shift: args.shift,
+        sampler: args.sampler,
+        seed: args.seed,
     }
+    .apply(&mut req);
     if let Some(fps) = args.fps {
         req.fps = fps;
     }
-    if let Some(s) = args.steps {
-        req.steps = s;
-    }
-    if let Some(g) = args.guidance {
-        req.guidance = g;
-    }
-    if let Some(s) = args.shift {
-        req.shift = s;
-    }
-    if let Some(s) = args.sampler {
-        req.sampler = s.into();
-    }
-    req.seed = args.seed;
     req.context_latents = args.context.unwrap_or(DEFAULT_CONTEXT_LATENTS);
     req.conditioning = conditioning;
     Ok(req)
