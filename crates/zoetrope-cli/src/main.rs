@@ -15,17 +15,6 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its `mi_option_e` enum, the same in v2 and v3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory mapped instead of handing it back to the OS after a delay: candle frees
-/// and reallocates buffers of the same sizes every step, and a fifth of a DiT training step went
-/// to the kernel zeroing the pages faulted back in. `MIMALLOC_PURGE_DELAY` still overrides.
-fn keep_freed_memory() {
-    // SAFETY: sets an option's default before it is first read; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 /// Text-to-video generation, built the way Sora is built.
 #[derive(Parser)]
 #[command(name = "zoetrope", version, about, long_about = None, propagate_version = true)]
@@ -89,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    zoetrope_train::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

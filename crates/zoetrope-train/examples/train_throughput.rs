@@ -14,7 +14,8 @@
 //! each part (VmHWM, reset between parts where the kernel allows). With `--compare` the DiT steps
 //! alternate between `zoetrope_nn::fused`'s kernels and candle's composite ops (what
 //! `ZOETROPE_COMPOSITE_OPS=1` selects), so both are timed side by side on a noisy machine.
-//! Allocation as in the `zoetrope` binary (mimalloc).
+//! Allocation as in the `zoetrope` binary (mimalloc, freed memory kept mapped:
+//! [`zoetrope_train::alloc::keep_freed_memory`]).
 //!
 //! ```sh
 //! nice -n 19 cargo run --profile ci -p zoetrope-train --example train_throughput -- \
@@ -267,6 +268,7 @@ fn dit(bench: &DitBench, steps: usize, device: &Device) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    zoetrope_train::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |flag: &str| -> Option<&str> {
         args.iter()

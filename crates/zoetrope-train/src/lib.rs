@@ -2,6 +2,7 @@
 //! diffusion transformer and text encoder together (on the VAE's latents), reproducibly from a
 //! seed, with checkpoints a stopped run resumes from.
 
+pub mod alloc;
 pub mod data;
 pub mod dit;
 pub mod events;

@@ -433,9 +433,8 @@ impl AffineNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, self.eps)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        let y = fused::broadcast_mul(&layer_norm(x, self.eps)?, &self.weight)?;
+        fused::broadcast_add(&y, &self.bias)
     }
 }
 
@@ -525,7 +524,7 @@ fn linear_zero(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> 
 
 /// `x·(1 + scale) + shift`, with `scale, shift [B, 1, D]`.
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+    fused::broadcast_add(&fused::broadcast_mul(x, &(scale + 1.0)?)?, shift)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,7 +598,7 @@ impl Attention {
         };
         let (q, k, v) = match (&self.to_qkv, &self.to_q, &self.to_kv, context) {
             (Some(qkv), _, _, None) => {
-                let qkv = x.apply(qkv)?;
+                let qkv = fused::linear(x, qkv)?;
                 (
                     heads(qkv.narrow(2, 0, dim)?, lq)?,
                     heads(qkv.narrow(2, dim, dim)?, lq)?,
@@ -608,9 +607,9 @@ impl Attention {
             }
             (None, Some(to_q), Some(to_kv), Some(ctx)) => {
                 let lk = ctx.dim(1)?;
-                let kv = ctx.apply(to_kv)?;
+                let kv = fused::linear(ctx, to_kv)?;
                 (
-                    heads(x.apply(to_q)?, lq)?,
+                    heads(fused::linear(x, to_q)?, lq)?,
                     heads(kv.narrow(2, 0, dim)?, lk)?,
                     heads(kv.narrow(2, dim, dim)?, lk)?,
                 )
@@ -623,10 +622,10 @@ impl Attention {
             q = apply_rope(&q, cos, sin)?;
             k = apply_rope(&k, cos, sin)?;
         }
-        attention(&q, &k, &v, bias)?
+        let o = attention(&q, &k, &v, bias)?
             .transpose(1, 2)?
-            .reshape((b, lq, dim))?
-            .apply(&self.to_out)
+            .reshape((b, lq, dim))?;
+        fused::linear(&o, &self.to_out)
     }
 }
 
@@ -651,7 +650,7 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fused::gelu_tanh(&x.apply(&self.fc1)?)?.apply(&self.fc2)
+        fused::linear(&fused::gelu_tanh(&fused::linear(x, &self.fc1)?)?, &self.fc2)
     }
 }
 
@@ -707,21 +706,21 @@ impl DitBlock {
         text_bias: &Tensor,
         rope: (&Tensor, &Tensor),
     ) -> Result<Tensor> {
-        let m = c.apply(&self.modulation)?.unsqueeze(1)?;
+        let m = fused::linear(c, &self.modulation)?.unsqueeze(1)?;
         let part = |i: usize| m.narrow(2, i * self.dim, self.dim);
         let (shift_a, scale_a, gate_a) = (part(0)?, part(1)?, part(2)?);
         let (shift_m, scale_m, gate_m) = (part(3)?, part(4)?, part(5)?);
 
         let h = modulate(&layer_norm(x, self.eps)?, &shift_a, &scale_a)?;
         let a = self.attn.forward(&h, None, Some(rope), None)?;
-        let x = (x + a.broadcast_mul(&gate_a)?)?;
+        let x = (x + fused::broadcast_mul(&a, &gate_a)?)?;
 
         let h = self.norm_cross.forward(&x)?;
         let x = (&x + self.cross.forward(&h, Some(text), None, Some(text_bias))?)?;
 
         let h = modulate(&layer_norm(&x, self.eps)?, &shift_m, &scale_m)?;
         let f = self.mlp.forward(&h)?;
-        x + f.broadcast_mul(&gate_m)?
+        x + fused::broadcast_mul(&f, &gate_m)?
     }
 }
 
@@ -814,14 +813,17 @@ impl WorldDit {
         let freq = crate::wan::transformer::timestep_sinusoid(&scaled, self.cfg.freq_dim);
         let freq =
             Tensor::from_vec(freq, (b, self.cfg.freq_dim), &self.device)?.to_dtype(self.dtype)?;
-        let mut c = freq.apply(&self.time_in)?.silu()?.apply(&self.time_out)?;
+        let mut c = fused::linear(
+            &fused::linear(&freq, &self.time_in)?.silu()?,
+            &self.time_out,
+        )?;
         if let Some(pool) = &self.text_pool {
             // Masked mean; an all-padding row (never produced by the tokenizer, which always
             // writes <bos>) pools to zero instead of NaN.
             let m = text_mask.to_dtype(self.dtype)?.unsqueeze(2)?;
             let count = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
             let pooled = text.broadcast_mul(&m)?.sum(1)?.broadcast_div(&count)?;
-            c = (c + pooled.apply(pool)?)?;
+            c = (c + fused::linear(&pooled, pool)?)?;
         }
         Ok(c)
     }
@@ -888,7 +890,7 @@ impl WorldDit {
         };
         let input = Tensor::cat(&[&x_t, &given, &mask], 1)?;
         let (tokens, _) = patchify(&input, self.cfg.patch)?;
-        let mut x = tokens.apply(&self.patch_embed)?;
+        let mut x = fused::linear(&tokens, &self.patch_embed)?;
         if self.cfg.abs_pos {
             let pos = sincos_3d(
                 grid,
@@ -911,11 +913,13 @@ impl WorldDit {
             x = block.forward(&x, &cvec, &text, &bias, (&cos, &sin))?;
         }
 
-        let m = cvec.apply(&self.final_modulation)?.unsqueeze(1)?;
+        let m = fused::linear(&cvec, &self.final_modulation)?.unsqueeze(1)?;
         let d = self.cfg.dim;
         let (shift, scale) = (m.narrow(2, 0, d)?, m.narrow(2, d, d)?);
-        let out =
-            modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?.apply(&self.proj_out)?;
+        let out = fused::linear(
+            &modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?,
+            &self.proj_out,
+        )?;
         unpatchify(&out, grid, self.cfg.patch)
     }
 }

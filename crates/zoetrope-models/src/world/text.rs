@@ -16,6 +16,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
+use zoetrope_nn::fused;
 
 use super::dit::{err, mask_bias, rope_3d, AffineNorm, Attention, Mlp, ResidualInit};
 
@@ -486,9 +487,10 @@ impl WorldTextEncoder {
         let dtype = self.position_embedding.dtype();
         let mask = ids.ne(PAD_ID)?.to_dtype(dtype)?;
         let bias = mask_bias(&mask)?;
-        let mut x = ids
-            .apply(&self.token_embedding)?
-            .broadcast_add(&self.position_embedding.narrow(0, 0, l)?.unsqueeze(0)?)?;
+        let mut x = fused::broadcast_add(
+            &ids.apply(&self.token_embedding)?,
+            &self.position_embedding.narrow(0, 0, l)?.unsqueeze(0)?,
+        )?;
         let rope = match self.cfg.rope_theta {
             Some(theta) => {
                 let hd = self.cfg.dim / self.cfg.heads;
