@@ -130,23 +130,36 @@ pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// `a + b` with `b` broadcast to `a`'s shape (`a.broadcast_add(b)` where only `b` is smaller),
 /// e.g. a bias `[D]` or an adaLN shift `[B, 1, D]` added to `[B, N, D]`. When `b` takes part in
-/// training (it tracks its op), `b` is materialised by [`broadcast_as`], whose backward sums the
-/// gradient back in one vectorised pass; candle's backward of a broadcast is a sum over the
-/// broadcast dims that runs one element at a time, on one thread, with two integer divisions
-/// each, and took a sixth of a DiT training step. Otherwise this is candle's `broadcast_add`.
+/// training (it tracks its op), one fused pass adds it, and the backward sums the gradient back
+/// onto `b` in one vectorised pass on the thread pool. candle's backward of a broadcast is a
+/// sum over the broadcast dims that runs one element at a time, on one thread, with two integer
+/// divisions each, and took a sixth of a DiT training step. Otherwise this is candle's
+/// `broadcast_add`.
 pub fn broadcast_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !expands_for_training(a, b) {
-        return a.broadcast_add(b);
+    match training_broadcast(a, b) {
+        Some(plan) => a.contiguous()?.apply_op2(
+            &b.contiguous()?,
+            Broadcast {
+                plan,
+                op: BroadcastOp::Add,
+            },
+        ),
+        None => a.broadcast_add(b),
     }
-    a + broadcast_as(b, a.shape())?
 }
 
 /// `a · b` with `b` broadcast to `a`'s shape; see [`broadcast_add`].
 pub fn broadcast_mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !expands_for_training(a, b) {
-        return a.broadcast_mul(b);
+    match training_broadcast(a, b) {
+        Some(plan) => a.contiguous()?.apply_op2(
+            &b.contiguous()?,
+            Broadcast {
+                plan,
+                op: BroadcastOp::Mul,
+            },
+        ),
+        None => a.broadcast_mul(b),
     }
-    a * broadcast_as(b, a.shape())?
 }
 
 /// A `candle_nn::Linear` over the last dim of `x`: the same matrix product, then its bias added
@@ -160,25 +173,13 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
     }
 }
 
-/// `x` broadcast to `shape` as candle's `broadcast_as` does (size-1 dims stretched, missing
-/// leading dims added), but materialised, with a backward that sums the gradient back over the
-/// broadcast dims in one vectorised pass on the thread pool. Other dtypes and devices, and
-/// shapes that do not broadcast, get candle's `broadcast_as`.
-pub fn broadcast_as(x: &Tensor, shape: &Shape) -> Result<Tensor> {
-    match BroadcastPlan::new(x.dims(), shape.dims()) {
-        Some(plan) if supports(x) => x.contiguous()?.apply_op1(Expand { plan }),
-        _ => x.broadcast_as(shape),
+/// The plan of a fused [`broadcast_add`] / [`broadcast_mul`]: both run the fused kernels, `b`
+/// needs a gradient, and it broadcasts to `a`'s shape without being that shape.
+fn training_broadcast(a: &Tensor, b: &Tensor) -> Option<BroadcastPlan> {
+    if !(supports(a) && supports(b) && b.track_op()) || a.dims() == b.dims() {
+        return None;
     }
-}
-
-/// Whether [`broadcast_add`] / [`broadcast_mul`] materialise `b`: both run the fused kernels,
-/// `b` needs a gradient, and it broadcasts to `a`'s shape without being that shape.
-fn expands_for_training(a: &Tensor, b: &Tensor) -> bool {
-    supports(a)
-        && supports(b)
-        && b.track_op()
-        && a.dims() != b.dims()
-        && BroadcastPlan::new(b.dims(), a.dims()).is_some()
+    BroadcastPlan::new(b.dims(), a.dims())
 }
 
 /// The same functions written with generic candle ops: the fallback where no kernel runs and
@@ -1018,55 +1019,149 @@ simd_kernel! {
     }
 }
 
-/// `x → x broadcast` of [`broadcast_as`].
-struct Expand {
-    plan: BroadcastPlan,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BroadcastOp {
+    Add,
+    Mul,
 }
 
-impl CustomOp1 for Expand {
+/// `(a, b) → a ∘ b` of [`broadcast_add`] / [`broadcast_mul`], `b` broadcast by the plan.
+struct Broadcast {
+    plan: BroadcastPlan,
+    op: BroadcastOp,
+}
+
+/// The contiguous f32 data of `a` (the destination's shape) and `b` (the plan's source).
+fn broadcast_inputs<'a>(
+    op: &str,
+    plan: &BroadcastPlan,
+    a: (&'a CpuStorage, &Layout),
+    b: (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (a, b) = (f32_data(op, a.0, a.1)?, f32_data(op, b.0, b.1)?);
+    if a.len() != plan.dst_len() || b.len() != plan.src_len {
+        candle_core::bail!("{op}: {} and {} elements for {plan:?}", a.len(), b.len());
+    }
+    Ok((a, b))
+}
+
+impl CustomOp2 for Broadcast {
     fn name(&self) -> &'static str {
-        "fused-broadcast"
+        match self.op {
+            BroadcastOp::Add => "fused-broadcast-add",
+            BroadcastOp::Mul => "fused-broadcast-mul",
+        }
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let plan = &self.plan;
-        let src = f32_data(self.name(), storage, layout)?;
-        if src.len() != plan.src_len {
-            candle_core::bail!("{}: {} elements for {plan:?}", self.name(), src.len());
-        }
-        let mut dst = vec![0f32; plan.dst_len()];
-        row_blocks(&mut dst, plan.tail, |first, block| {
-            for (i, run) in block.chunks_exact_mut(plan.tail).enumerate() {
-                let o = plan.src_offset(first + i);
-                if plan.fill {
-                    run.fill(src[o]);
-                } else {
-                    run.copy_from_slice(&src[o..o + plan.tail]);
+        let (a, b) = broadcast_inputs(self.name(), plan, (s1, l1), (s2, l2))?;
+        let tail = plan.tail;
+        let mut out = vec![0f32; a.len()];
+        row_blocks(&mut out, tail, |first, block| {
+            for (i, run) in block.chunks_exact_mut(tail).enumerate() {
+                let r = first + i;
+                let (a, o) = (&a[r * tail..(r + 1) * tail], plan.src_offset(r));
+                match (self.op, plan.fill) {
+                    (BroadcastOp::Add, false) => add_kernel(a, &b[o..o + tail], run),
+                    (BroadcastOp::Mul, false) => mul_kernel(a, &b[o..o + tail], run),
+                    (BroadcastOp::Add, true) => add_scalar_kernel(a, b[o], run),
+                    (BroadcastOp::Mul, true) => mul_scalar_kernel(a, b[o], run),
                 }
             }
         });
-        Ok((CpuStorage::F32(dst), Shape::from_dims(&plan.dst_dims)))
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let plan = self.plan.clone();
-        let dx = dy
-            .contiguous()?
-            .apply_op1_no_bwd(&ExpandBackward { plan })?;
-        Ok(Some(dx.reshape(x.shape())?))
+        let dy = dy.contiguous()?;
+        match self.op {
+            BroadcastOp::Add => {
+                let db = dy.apply_op1_no_bwd(&BroadcastSum { plan })?;
+                Ok((Some(dy), Some(db.reshape(b.shape())?)))
+            }
+            BroadcastOp::Mul => {
+                let packed = a.apply_op3_no_bwd(b, &dy, &BroadcastMulBackward { plan })?;
+                let n = a.elem_count();
+                let da = packed.narrow(0, 0, n)?.reshape(a.shape())?;
+                let db = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
+                Ok((Some(da), Some(db)))
+            }
+        }
     }
 }
 
-/// `dy → dx` of [`Expand`]: each destination run added back into the source elements it came
-/// from. Blocks of runs sum into partials of their own (the source is the smaller side), added
-/// in order, so the result does not depend on scheduling.
-struct ExpandBackward {
+simd_kernel! {
+    fn add_kernel(a: &[f32], b: &[f32], y: &mut [f32]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y = a + b;
+        }
+    }
+}
+
+simd_kernel! {
+    fn mul_kernel(a: &[f32], b: &[f32], y: &mut [f32]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y = a * b;
+        }
+    }
+}
+
+simd_kernel! {
+    fn add_scalar_kernel(a: &[f32], b: f32, y: &mut [f32]) {
+        for (y, &a) in y.iter_mut().zip(a) {
+            *y = a + b;
+        }
+    }
+}
+
+simd_kernel! {
+    fn mul_scalar_kernel(a: &[f32], b: f32, y: &mut [f32]) {
+        for (y, &a) in y.iter_mut().zip(a) {
+            *y = a * b;
+        }
+    }
+}
+
+simd_kernel! {
+    /// `acc += a·b`, elementwise.
+    fn mul_acc_kernel(acc: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(a).zip(b) {
+            *acc += a * b;
+        }
+    }
+}
+
+/// Adds per-block partials (in block order, so the result does not depend on scheduling) into
+/// `dst`.
+fn add_partials(dst: &mut [f32], partials: Vec<Vec<f32>>) {
+    for p in partials {
+        add_assign_kernel(dst, &p);
+    }
+}
+
+/// `dy → db` of a broadcast add: each destination run added back into the source elements it
+/// came from. Blocks of runs sum into partials of their own (the source is the smaller side).
+struct BroadcastSum {
     plan: BroadcastPlan,
 }
 
-impl CustomOp1 for ExpandBackward {
+impl CustomOp1 for BroadcastSum {
     fn name(&self) -> &'static str {
-        "fused-broadcast-backward"
+        "fused-broadcast-sum"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -1075,16 +1170,16 @@ impl CustomOp1 for ExpandBackward {
         if dy.len() != plan.dst_len() {
             candle_core::bail!("{}: {} elements for {plan:?}", self.name(), dy.len());
         }
-        let runs = dy.len() / plan.tail;
+        let tail = plan.tail;
+        let runs = dy.len() / tail;
         let sum_runs = |range: std::ops::Range<usize>| {
             let mut acc = vec![0f32; plan.src_len];
             for r in range {
-                let run = &dy[r * plan.tail..(r + 1) * plan.tail];
-                let o = plan.src_offset(r);
+                let (run, o) = (&dy[r * tail..(r + 1) * tail], plan.src_offset(r));
                 if plan.fill {
                     acc[o] += sum(run);
                 } else {
-                    add_assign_kernel(&mut acc[o..o + plan.tail], run);
+                    add_assign_kernel(&mut acc[o..o + tail], run);
                 }
             }
             acc
@@ -1099,16 +1194,62 @@ impl CustomOp1 for ExpandBackward {
                 .clamp(1, runs)
         };
         let per = runs.div_ceil(blocks);
-        let partials: Vec<Vec<f32>> = (0..blocks)
+        let mut partials: Vec<Vec<f32>> = (0..blocks)
             .into_par_iter()
             .map(|b| sum_runs(b * per..((b + 1) * per).min(runs)))
             .collect();
-        let mut partials = partials.into_iter();
-        let mut dx = partials.next().unwrap_or_else(|| vec![0f32; plan.src_len]);
-        for p in partials {
-            add_assign_kernel(&mut dx, &p);
-        }
-        Ok((CpuStorage::F32(dx), Shape::from_dims(&[plan.src_len])))
+        let mut db = partials.remove(0);
+        add_partials(&mut db, partials);
+        Ok((CpuStorage::F32(db), Shape::from_dims(&[plan.src_len])))
+    }
+}
+
+/// `(a, b, dy) → [da (flattened), db]` of a broadcast multiply, `da = dy·b` and `db` the sum of
+/// `dy·a` over the broadcast dims, packed into one buffer so both come out of one pass.
+struct BroadcastMulBackward {
+    plan: BroadcastPlan,
+}
+
+impl CustomOp3 for BroadcastMulBackward {
+    fn name(&self) -> &'static str {
+        "fused-broadcast-mul-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let plan = &self.plan;
+        let (a, b) = broadcast_inputs(self.name(), plan, (s1, l1), (s2, l2))?;
+        same_shape(self.name(), l1, l3)?;
+        let dy = f32_data(self.name(), s3, l3)?;
+        let (tail, n) = (plan.tail, a.len());
+        let mut out = vec![0f32; n + plan.src_len];
+        let (da, db) = out.split_at_mut(n);
+        let partials = row_blocks(da, tail, |first, block| {
+            let mut acc = vec![0f32; plan.src_len];
+            for (i, da) in block.chunks_exact_mut(tail).enumerate() {
+                let r = first + i;
+                let rows = r * tail..(r + 1) * tail;
+                let (a, dy, o) = (&a[rows.clone()], &dy[rows], plan.src_offset(r));
+                if plan.fill {
+                    mul_scalar_kernel(dy, b[o], da);
+                    acc[o] += dot(dy, a);
+                } else {
+                    mul_kernel(dy, &b[o..o + tail], da);
+                    mul_acc_kernel(&mut acc[o..o + tail], dy, a);
+                }
+            }
+            acc
+        });
+        add_partials(db, partials);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[len])))
     }
 }
 
