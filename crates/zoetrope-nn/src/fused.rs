@@ -136,29 +136,23 @@ pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// divisions each, and took a sixth of a DiT training step. Otherwise this is candle's
 /// `broadcast_add`.
 pub fn broadcast_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    match training_broadcast(a, b) {
-        Some(plan) => a.contiguous()?.apply_op2(
-            &b.contiguous()?,
-            Broadcast {
-                plan,
-                op: BroadcastOp::Add,
-            },
-        ),
-        None => a.broadcast_add(b),
-    }
+    broadcast_binary(a, b, BroadcastOp::Add)
 }
 
 /// `a · b` with `b` broadcast to `a`'s shape; see [`broadcast_add`].
 pub fn broadcast_mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    match training_broadcast(a, b) {
-        Some(plan) => a.contiguous()?.apply_op2(
-            &b.contiguous()?,
-            Broadcast {
-                plan,
-                op: BroadcastOp::Mul,
-            },
-        ),
-        None => a.broadcast_mul(b),
+    broadcast_binary(a, b, BroadcastOp::Mul)
+}
+
+/// [`broadcast_add`] or [`broadcast_mul`]: the fused op when `b` needs a gradient
+/// ([`training_broadcast`]), else candle's.
+fn broadcast_binary(a: &Tensor, b: &Tensor, op: BroadcastOp) -> Result<Tensor> {
+    match (training_broadcast(a, b), op) {
+        (Some(plan), _) => a
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, Broadcast { plan, op }),
+        (None, BroadcastOp::Add) => a.broadcast_add(b),
+        (None, BroadcastOp::Mul) => a.broadcast_mul(b),
     }
 }
 
