@@ -43,7 +43,17 @@ $Z train dit --vae "$RUNS/world-fg" --init-from "$RUNS/world-fg" --out "$RUNS/wo
     --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 4 \
     --max-chunks 32 --steps 3200
 
-# 5. The grown DiT beside the base model's VAE (the same VAE throughout), averaged weights in
-#    f16, as the built-in model.
 $Z train export --vae "$RUNS/world-fg" --dit "$RUNS/world-dit-5" \
+    -o "$RUNS/world-5" --note "tools/train/train_world.sh (5-block fine-tune)"
+
+# 5. The same fine-tune once more from that folder, on new clips (seed 5): planned for 4,000
+#    steps, stretched to 5,500 at step 1,350.
+$Z train dit --vae "$RUNS/world-5" --init-from "$RUNS/world-5" --out "$RUNS/world-dit-5b" \
+    --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 5 \
+    --max-chunks 32 --steps 4000 --stop-at 1350
+$Z train dit --out "$RUNS/world-dit-5b" --resume --steps 5500
+
+# 6. That DiT beside the base model's VAE (the same VAE throughout), averaged weights in f16, as
+#    the built-in model.
+$Z train export --vae "$RUNS/world-5" --dit "$RUNS/world-dit-5b" \
     -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh"

@@ -4,8 +4,9 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 73.4%).
-const MIN_MEAN_TOTAL: f64 = 0.65;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 67.7%;
+/// 87.0, 65.6 and 50.4% each).
+const MIN_MEAN_TOTAL: f64 = 0.6;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",
