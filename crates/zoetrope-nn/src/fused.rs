@@ -836,11 +836,7 @@ impl CustomOp3 for RmsNormBackward {
         out.reserve_exact(w);
         let start = out.len();
         out.resize(start + w, 0.0);
-        for dw in partials {
-            for (o, p) in out[start..].iter_mut().zip(dw) {
-                *o += p;
-            }
-        }
+        add_partials(&mut out[start..], partials);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from_dims(&[len])))
     }
@@ -936,7 +932,7 @@ impl CustomOp3 for RopeI {
 #[derive(Debug, Clone, PartialEq)]
 struct BroadcastPlan {
     src_len: usize,
-    dst_dims: Vec<usize>,
+    dst_len: usize,
     lead: Vec<(usize, usize)>,
     tail: usize,
     fill: bool,
@@ -981,15 +977,11 @@ impl BroadcastPlan {
             .collect();
         Some(Self {
             src_len: padded.iter().product(),
-            dst_dims: dst.to_vec(),
+            dst_len: dst.iter().product(),
             lead,
             tail,
             fill: fill.unwrap_or(false),
         })
-    }
-
-    fn dst_len(&self) -> usize {
-        self.dst_dims.iter().product()
     }
 
     /// Source offset of destination run `run`.
@@ -1033,7 +1025,7 @@ fn broadcast_inputs<'a>(
     b: (&'a CpuStorage, &Layout),
 ) -> Result<(&'a [f32], &'a [f32])> {
     let (a, b) = (f32_data(op, a.0, a.1)?, f32_data(op, b.0, b.1)?);
-    if a.len() != plan.dst_len() || b.len() != plan.src_len {
+    if a.len() != plan.dst_len || b.len() != plan.src_len {
         candle_core::bail!("{op}: {} and {} elements for {plan:?}", a.len(), b.len());
     }
     Ok((a, b))
@@ -1161,7 +1153,7 @@ impl CustomOp1 for BroadcastSum {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let plan = &self.plan;
         let dy = f32_data(self.name(), storage, layout)?;
-        if dy.len() != plan.dst_len() {
+        if dy.len() != plan.dst_len {
             candle_core::bail!("{}: {} elements for {plan:?}", self.name(), dy.len());
         }
         let tail = plan.tail;
