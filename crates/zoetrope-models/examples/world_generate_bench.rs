@@ -25,6 +25,10 @@ use zoetrope_models::world::score::median;
 use zoetrope_models::world::text::{split_words, WorldTextConfig, WorldTokenizer};
 use zoetrope_models::world::vae::WorldVaeConfig;
 
+// The `zoetrope` binary's allocator, so the figures are what `generate` costs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Training captions whose words make the random model's vocabulary (about the real one).
 const VOCAB_CAPTIONS: u64 = 2_000;
 /// Extra sizes timed besides the default: the two other aspect ratios training uses.
