@@ -53,7 +53,17 @@ $Z train dit --vae "$RUNS/world-5" --init-from "$RUNS/world-5" --out "$RUNS/worl
     --max-chunks 32 --steps 4000 --stop-at 1350
 $Z train dit --out "$RUNS/world-dit-5b" --resume --steps 5500
 
-# 6. That DiT beside the base model's VAE (the same VAE throughout), averaged weights in f16, as
-#    the built-in model.
 $Z train export --vae "$RUNS/world-5" --dit "$RUNS/world-dit-5b" \
+    -o "$RUNS/world-5b" --note "tools/train/train_world.sh (5-block fine-tune, seed 5)"
+
+# 6. The same fine-tune once more from that folder, on new clips (seed 6): planned for 6,000
+#    steps, stretched to 7,500 at step 2,050.
+$Z train dit --vae "$RUNS/world-5b" --init-from "$RUNS/world-5b" --out "$RUNS/world-dit-5c" \
+    --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 6 \
+    --max-chunks 32 --steps 6000 --stop-at 2050
+$Z train dit --out "$RUNS/world-dit-5c" --resume --steps 7500
+
+# 7. That DiT beside the base model's VAE (the same VAE throughout), averaged weights in f16, as
+#    the built-in model.
+$Z train export --vae "$RUNS/world-5b" --dit "$RUNS/world-dit-5c" \
     -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh"

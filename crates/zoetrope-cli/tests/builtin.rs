@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 67.7%;
-/// 87.0, 65.6 and 50.4% each).
-const MIN_MEAN_TOTAL: f64 = 0.6;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 82.8%;
+/// 93.3, 74.7 and 80.4% each).
+const MIN_MEAN_TOTAL: f64 = 0.72;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",
