@@ -46,24 +46,22 @@ $Z train dit --vae "$RUNS/world-fg" --init-from "$RUNS/world-fg" --out "$RUNS/wo
 $Z train export --vae "$RUNS/world-fg" --dit "$RUNS/world-dit-5" \
     -o "$RUNS/world-5" --note "tools/train/train_world.sh (5-block fine-tune)"
 
-# 5. The same fine-tune once more from that folder, on new clips (seed 5): planned for 4,000
-#    steps, stretched to 5,500 at step 1,350.
-$Z train dit --vae "$RUNS/world-5" --init-from "$RUNS/world-5" --out "$RUNS/world-dit-5b" \
-    --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 5 \
-    --max-chunks 32 --steps 4000 --stop-at 1350
-$Z train dit --out "$RUNS/world-dit-5b" --resume --steps 5500
-
-$Z train export --vae "$RUNS/world-5" --dit "$RUNS/world-dit-5b" \
-    -o "$RUNS/world-5b" --note "tools/train/train_world.sh (5-block fine-tune, seed 5)"
-
-# 6. The same fine-tune once more from that folder, on new clips (seed 6): planned for 6,000
-#    steps, stretched to 7,500 at step 2,050.
-$Z train dit --vae "$RUNS/world-5b" --init-from "$RUNS/world-5b" --out "$RUNS/world-dit-5c" \
-    --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed 6 \
-    --max-chunks 32 --steps 6000 --stop-at 2050
-$Z train dit --out "$RUNS/world-dit-5c" --resume --steps 7500
-
-# 7. That DiT beside the base model's VAE (the same VAE throughout), averaged weights in f16, as
-#    the built-in model.
-$Z train export --vae "$RUNS/world-5b" --dit "$RUNS/world-dit-5c" \
-    -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh"
+# 5 and 6. The same fine-tune again, each from the previous export, on new clips: the 5-block
+#    DiT and text encoder from SRC's folder into RUN, planned for PLANNED steps and stretched to
+#    TOTAL at STOP_AT (as the runs went), exported beside SRC's VAE (the same VAE throughout,
+#    averaged weights in f16) to OUT.
+finetune_5() {
+    local src=$1 run=$2 out=$3 seed=$4 planned=$5 stop_at=$6 total=$7 note=$8
+    $Z train dit --vae "$src" --init-from "$src" --out "$run" \
+        --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed "$seed" \
+        --max-chunks 32 --steps "$planned" --stop-at "$stop_at"
+    $Z train dit --out "$run" --resume --steps "$total"
+    $Z train export --vae "$src" --dit "$run" -o "$out" --note "$note"
+}
+#    Seed 5: planned for 4,000 steps, stretched to 5,500 at step 1,350.
+finetune_5 "$RUNS/world-5" "$RUNS/world-dit-5b" "$RUNS/world-5b" 5 4000 1350 5500 \
+    "tools/train/train_world.sh (5-block fine-tune, seed 5)"
+#    Seed 6: planned for 6,000 steps, stretched to 7,500 at step 2,050; its export is the
+#    built-in model.
+finetune_5 "$RUNS/world-5b" "$RUNS/world-dit-5c" crates/zoetrope-models/weights/world 6 6000 2050 7500 \
+    "tools/train/train_world.sh"
