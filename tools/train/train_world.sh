@@ -46,22 +46,27 @@ $Z train dit --vae "$RUNS/world-fg" --init-from "$RUNS/world-fg" --out "$RUNS/wo
 $Z train export --vae "$RUNS/world-fg" --dit "$RUNS/world-dit-5" \
     -o "$RUNS/world-5" --note "tools/train/train_world.sh (5-block fine-tune)"
 
-# 5 and 6. The same fine-tune again, each from the previous export, on new clips: the 5-block
-#    DiT and text encoder from SRC's folder into RUN, planned for PLANNED steps and stretched to
-#    TOTAL at STOP_AT (as the runs went), exported beside SRC's VAE (the same VAE throughout,
-#    averaged weights in f16) to OUT.
+# 5 to 7. The same fine-tune again, each from the previous export, on new clips: the 5-block
+#    DiT and text encoder from SRC's folder into RUN, planned for PLANNED steps and, where
+#    STOP_AT and TOTAL are given, stretched to TOTAL at STOP_AT (as the runs went; "-" for a run
+#    that kept its plan), exported beside SRC's VAE (the same VAE throughout, averaged weights
+#    in f16) to OUT.
 finetune_5() {
     local src=$1 run=$2 out=$3 seed=$4 planned=$5 stop_at=$6 total=$7 note=$8
+    local stop=()
+    if [ "$stop_at" != - ]; then stop=(--stop-at "$stop_at"); fi
     $Z train dit --vae "$src" --init-from "$src" --out "$run" \
         --config tools/train/world_dit_5.json --foreground-weight 3 --lr 2e-4 --seed "$seed" \
-        --max-chunks 32 --steps "$planned" --stop-at "$stop_at"
-    $Z train dit --out "$run" --resume --steps "$total"
+        --max-chunks 32 --steps "$planned" "${stop[@]}"
+    if [ "$total" != - ]; then $Z train dit --out "$run" --resume --steps "$total"; fi
     $Z train export --vae "$src" --dit "$run" -o "$out" --note "$note"
 }
 #    Seed 5: planned for 4,000 steps, stretched to 5,500 at step 1,350.
 finetune_5 "$RUNS/world-5" "$RUNS/world-dit-5b" "$RUNS/world-5b" 5 4000 1350 5500 \
     "tools/train/train_world.sh (5-block fine-tune, seed 5)"
-#    Seed 6: planned for 6,000 steps, stretched to 7,500 at step 2,050; its export is the
-#    built-in model.
-finetune_5 "$RUNS/world-5b" "$RUNS/world-dit-5c" crates/zoetrope-models/weights/world 6 6000 2050 7500 \
+#    Seed 6: planned for 6,000 steps, stretched to 7,500 at step 2,050.
+finetune_5 "$RUNS/world-5b" "$RUNS/world-dit-5c" "$RUNS/world-5c" 6 6000 2050 7500 \
+    "tools/train/train_world.sh (5-block fine-tune, seed 6)"
+#    Seed 7: 7,500 steps as planned; its export is the built-in model.
+finetune_5 "$RUNS/world-5c" "$RUNS/world-dit-5d" crates/zoetrope-models/weights/world 7 7500 - - \
     "tools/train/train_world.sh"

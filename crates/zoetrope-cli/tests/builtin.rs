@@ -4,9 +4,10 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 82.8%;
-/// 93.3, 74.7 and 80.4% each).
-const MIN_MEAN_TOTAL: f64 = 0.72;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 75.7%;
+/// 95.2, 81.4 and 50.4% each; three single clips, so a new export moves it several points
+/// either way: the weights before these measured 82.8% here and 4 points less held-out).
+const MIN_MEAN_TOTAL: f64 = 0.66;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",
