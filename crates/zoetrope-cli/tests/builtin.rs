@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 75.7%;
-/// 95.2, 81.4 and 50.4% each; three single clips, so a new export moves it several points
-/// either way: the weights before these measured 82.8% here and 4 points less held-out).
-const MIN_MEAN_TOTAL: f64 = 0.66;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 89.4%;
+/// 96.2, 89.6 and 82.4% each; three single clips, so a new export moves it several points
+/// either way: the weights two exports back measured 82.8% here, the previous ones 75.7%).
+const MIN_MEAN_TOTAL: f64 = 0.78;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",
