@@ -141,6 +141,11 @@ pub struct ExportArgs {
     /// A note on how the runs were made (machine, commands), stored in model.json.
     #[arg(long)]
     note: Option<String>,
+    /// The classifier-free guidance scale stored in model.json as the model's default: what
+    /// `generate` and `eval model` use without --guidance (the best scale depends on the
+    /// weights; choose it on training captions, e.g. with `eval model --prompts`).
+    #[arg(long, default_value_t = SamplingDefaults::default().guidance)]
+    guidance: f64,
 }
 
 #[derive(Args)]
@@ -423,6 +428,17 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         "f32" => candle_core::DType::F32,
         other => anyhow::bail!("--dtype {other} is not supported: use f16 or f32"),
     };
+    if !(args.guidance.is_finite() && args.guidance > 0.0) {
+        anyhow::bail!(
+            "--guidance {} is not a guidance scale: give a positive number (1 turns guidance \
+             off; the built-in model uses 3)",
+            args.guidance
+        );
+    }
+    let defaults = SamplingDefaults {
+        guidance: args.guidance,
+        ..SamplingDefaults::default()
+    };
     let training = serde_json::json!({
         "note": args.note.unwrap_or_default(),
         "zoetrope_version": env!("CARGO_PKG_VERSION"),
@@ -432,7 +448,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         &RunDir::create(&args.dit)?,
         &args.output,
         dtype,
-        SamplingDefaults::default(),
+        defaults,
         training,
     )
     .with_context(|| format!("exporting to {}", args.output.display()))?;

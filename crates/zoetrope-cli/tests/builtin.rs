@@ -4,10 +4,11 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped weights: 89.4%;
-/// 96.2, 89.6 and 82.4% each; three single clips, so a new export moves it several points
-/// either way: the weights two exports back measured 82.8% here, the previous ones 75.7%).
-const MIN_MEAN_TOTAL: f64 = 0.78;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights at their
+/// default guidance 3: 85.7%; 98.8, 88.9 and 69.4% each; three single clips, so a new export
+/// or default moves it several points either way: the same weights at guidance 4 measured
+/// 89.4% here, the weights before them 75.7%).
+const MIN_MEAN_TOTAL: f64 = 0.75;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",

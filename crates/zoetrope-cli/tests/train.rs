@@ -21,9 +21,10 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
-/// `train export` of a VAE (run or model folder) and a DiT run; returns the manifest.
-fn export(vae: &Path, dit: &Path, out: &Path) -> String {
-    ok(&zoetrope(&[
+/// `train export` of a VAE (run or model folder) and a DiT run, with `extra` arguments; returns
+/// the manifest.
+fn export(vae: &Path, dit: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "train",
         "export",
         "--vae",
@@ -32,8 +33,10 @@ fn export(vae: &Path, dit: &Path, out: &Path) -> String {
         p(dit),
         "-o",
         p(out),
-    ]));
-    std::fs::read_to_string(out.join("model.json")).unwrap()
+    ];
+    args.extend(extra);
+    ok(&zoetrope(&args));
+    serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -105,8 +108,9 @@ fn train_resume_export_and_generate() {
         "3",
     ]));
     assert!(msg.contains("DiT: 3 steps"), "{msg}");
-    let manifest = export(&vae, &dit, &model);
-    assert!(manifest.contains("\"steps\": 3"), "{manifest}");
+    let manifest = export(&vae, &dit, &model, &[]);
+    assert_eq!(manifest["training"]["dit"]["steps"], 3, "{manifest}");
+    assert_eq!(manifest["defaults"]["guidance"], 4.0, "{manifest}");
 
     let clip = tmp.path().join("clip.gif");
     ok(&zoetrope(&[
@@ -153,6 +157,25 @@ fn train_resume_export_and_generate() {
     ]));
     let state = std::fs::read_to_string(tuned.join("state.json")).unwrap();
     assert!(state.contains("\"uniform\""), "{state}");
-    let manifest = export(&model, &tuned, &tuned_model);
-    assert!(manifest.contains("init_from"), "{manifest}");
+    let manifest = export(&model, &tuned, &tuned_model, &["--guidance", "2.5"]);
+    assert!(
+        manifest["training"]["dit"]["init_from"].is_object(),
+        "{manifest}"
+    );
+    assert_eq!(manifest["defaults"]["guidance"], 2.5, "{manifest}");
+    let bad = zoetrope(&[
+        "train",
+        "export",
+        "--vae",
+        p(&model),
+        "--dit",
+        p(&tuned),
+        "-o",
+        p(&tmp.path().join("bad")),
+        "--guidance",
+        "0",
+    ]);
+    assert!(!bad.status.success());
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(msg.contains("positive number"), "{msg}");
 }
