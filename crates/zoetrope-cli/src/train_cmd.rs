@@ -430,8 +430,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     if !(args.guidance.is_finite() && args.guidance > 0.0) {
         anyhow::bail!(
-            "--guidance {} is not a guidance scale: give a positive number (1 turns guidance \
-             off; the built-in model uses 3)",
+            "--guidance {} is not a guidance scale: give a positive number (1 turns guidance off)",
             args.guidance
         );
     }
