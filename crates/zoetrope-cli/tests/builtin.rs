@@ -5,10 +5,10 @@
 use std::process::Command;
 
 /// Mean evaluator total the fixed prompts must reach together (the shipped weights at their
-/// default guidance 3: 85.7%; 98.8, 88.9 and 69.4% each; three single clips, so a new export
-/// or default moves it several points either way: the same weights at guidance 4 measured
-/// 89.4% here, the weights before them 75.7%).
-const MIN_MEAN_TOTAL: f64 = 0.75;
+/// default guidance 3: 81.5%; 97.8, 77.9 and 68.9% each; three single clips, so a new export
+/// or default moves it several points either way: the weights before them measured 85.7%
+/// here, 89.4% at guidance 4).
+const MIN_MEAN_TOTAL: f64 = 0.72;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",
