@@ -189,7 +189,16 @@ fn bad_grids_error_naming_allowed_sizes() {
 
 #[test]
 fn param_counts_match_the_config_and_the_budget() {
-    for cfg in [WorldDitConfig::tiny(), WorldDitConfig::default()] {
+    let partly_cross = WorldDitConfig {
+        depth: 3,
+        cross_attn_blocks: Some(1),
+        ..WorldDitConfig::tiny()
+    };
+    for cfg in [
+        WorldDitConfig::tiny(),
+        WorldDitConfig::default(),
+        partly_cross,
+    ] {
         let m = models(&cfg);
         let text_params = m.text.config().param_count();
         assert_eq!(
@@ -210,6 +219,18 @@ fn param_counts_match_the_config_and_the_budget() {
     let cfg: WorldDitConfig =
         serde_json::from_str(&serde_json::to_string(&WorldDitConfig::default()).unwrap()).unwrap();
     assert_eq!(cfg, WorldDitConfig::default());
+    // Older configs have no `cross_attn_blocks`: every block cross-attends; more than `depth`
+    // is refused with the field named.
+    assert!(!serde_json::to_string(&cfg)
+        .unwrap()
+        .contains("cross_attn_blocks"));
+    assert!((0..cfg.depth).all(|i| cfg.has_cross_attn(i)));
+    let too_many = WorldDitConfig {
+        cross_attn_blocks: Some(cfg.depth + 1),
+        ..cfg
+    };
+    let err = too_many.validate().unwrap_err().to_string();
+    assert!(err.contains("cross_attn_blocks"), "{err}");
 }
 
 #[test]

@@ -699,9 +699,16 @@ pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Resu
     let same_but_patch_and_depth = WorldDitConfig {
         patch: state.dit.patch,
         depth: state.dit.depth,
+        cross_attn_blocks: state.dit.cross_attn_blocks,
         ..src.dit.clone()
     };
-    if same_but_patch_and_depth != state.dit || state.dit.depth < src.dit.depth {
+    // The source's blocks keep their layout (cross-attention or not); added ones may differ.
+    let same_source_blocks =
+        (0..src.dit.depth).all(|i| src.dit.has_cross_attn(i) == state.dit.has_cross_attn(i));
+    if same_but_patch_and_depth != state.dit
+        || state.dit.depth < src.dit.depth
+        || !same_source_blocks
+    {
         candle_core::bail!(
             "--init-from {from}: its DiT {:?} differs from this run's {:?} in more than the patch \
              and added blocks",
@@ -714,8 +721,18 @@ pub fn warm_start(varmap: &VarMap, state: &DitRunState, src: &DitSource) -> Resu
     if state.dit.depth > src.dit.depth {
         notes.push(format!(
             "blocks {}..{} are new, appended after the source's {} (their gates and \
-             cross-attention outputs start at zero, so the deeper DiT starts as the source)",
-            src.dit.depth, state.dit.depth, src.dit.depth
+             cross-attention outputs start at zero, so the deeper DiT starts as the source){}",
+            src.dit.depth,
+            state.dit.depth,
+            src.dit.depth,
+            if state.dit.cross_attn_count() < state.dit.depth {
+                format!(
+                    "; blocks {}.. have no cross-attention",
+                    state.dit.cross_attn_count()
+                )
+            } else {
+                String::new()
+            }
         ));
     }
     let data = varmap.data().lock().expect("varmap lock");

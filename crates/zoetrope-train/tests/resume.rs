@@ -265,6 +265,37 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
         "{}",
         max_diff(&v_src, &v_deep)
     );
+    // So does one whose added blocks have no cross-attention (they have no such weights); one
+    // that would drop a source block's cross-attention is refused.
+    let tiny = WorldDitConfig::tiny();
+    let self_only = WorldDitConfig {
+        depth: tiny.depth + 1,
+        cross_attn_blocks: Some(tiny.depth),
+        ..tiny.clone()
+    };
+    let grown_self = train("deep-self", frozen.clone(), self_only, Some(&source)).unwrap();
+    let v_self = velocity(&grown_self, "deep-self-model");
+    assert!(
+        max_diff(&v_src, &v_self) < 1e-5,
+        "{}",
+        max_diff(&v_src, &v_self)
+    );
+    let names = params(&grown_self);
+    let last = format!("param.dit.blocks.{}.", tiny.depth);
+    assert!(names.keys().any(|k| k.starts_with(&last)), "no added block");
+    assert!(
+        !names
+            .keys()
+            .any(|k| k.starts_with(&last) && k.contains("cross")),
+        "the added block has cross-attention weights"
+    );
+    let dropped = WorldDitConfig {
+        depth: tiny.depth + 1,
+        cross_attn_blocks: Some(tiny.depth - 1),
+        ..tiny.clone()
+    };
+    let err = train("dropped", frozen.clone(), dropped, Some(&source)).unwrap_err();
+    assert!(err.to_string().contains("--init-from"), "{err}");
     let shallower = WorldDitConfig {
         depth: 1,
         ..WorldDitConfig::tiny()
