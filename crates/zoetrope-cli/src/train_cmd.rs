@@ -176,11 +176,17 @@ pub struct VaeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// VAE shape as JSON (a WorldVaeConfig file); the shipped default otherwise.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_from")]
     config: Option<PathBuf>,
-    /// With --resume: from now on train only the decoder, the encoder frozen at its averaged
-    /// weights, so a DiT trained on this VAE's latents stays valid.
-    #[arg(long, requires = "resume")]
+    /// Start a new run from the weights (and shape) of a trained VAE: a VAE run (its averaged
+    /// weights) or a world-model folder (e.g. crates/zoetrope-models/weights/world). With
+    /// --freeze-encoder this polishes a shipped model's decoder without changing its latents.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
+    /// Train only the decoder, the encoder frozen (with --resume: at the run's averaged weights
+    /// from now on; with --init-from: at the source's), so a DiT trained on this VAE's latents
+    /// stays valid.
+    #[arg(long)]
     freeze_encoder: bool,
     /// Loss weight of foreground pixels (off the clip's background colour) relative to the
     /// background; 1 weighs all pixels alike (new runs only).
@@ -287,6 +293,7 @@ fn vae(args: VaeArgs) -> anyhow::Result<()> {
         crop: args.crop,
         freeze_encoder: args.freeze_encoder,
         foreground_weight: args.foreground_weight,
+        init_from: args.init_from.as_ref().map(|p| p.display().to_string()),
         ..VaeTrainConfig::default()
     };
     config.optim.lr = args.lr;

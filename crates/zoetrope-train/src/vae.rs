@@ -58,6 +58,10 @@ pub struct VaeTrainConfig {
     /// [`foreground_weight`]); 1 weighs all pixels alike.
     #[serde(default = "unweighted")]
     pub foreground_weight: f64,
+    /// Where a run that started from trained weights took them: a VAE run or a world-model
+    /// folder (see [`load_vae_source`]); `None` for a run from random weights.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 /// Runs saved before foreground weighting existed trained without it.
@@ -101,6 +105,7 @@ impl Default for VaeTrainConfig {
             checkpoint_every: 50,
             eval_clips: 4,
             freeze_encoder: false,
+            init_from: None,
         }
     }
 }
@@ -161,7 +166,10 @@ pub fn vae_from_tensors(
 }
 
 /// Trains (or resumes) a VAE in `run`. With `resume`, the saved state decides everything except
-/// `steps_override` (a new total). Returns the final state.
+/// `steps_override` (a new total). A new run with `config.init_from` starts from that VAE's
+/// weights (averaged ones for a run) and takes its shape, ignoring `model`; with
+/// `freeze_encoder` it trains the decoder alone from the start, so latents a DiT was trained on
+/// do not change. Returns the final state.
 pub fn train_vae(
     run: &RunDir,
     config: VaeTrainConfig,
@@ -173,6 +181,7 @@ pub fn train_vae(
 ) -> Result<VaeRunState> {
     let freeze_now = config.freeze_encoder;
     let device = Device::Cpu;
+    let mut source = None;
     let mut state = if resume {
         let mut s: VaeRunState = run.load_state()?;
         run.expect_kind(&s.kind, VAE_RUN_KIND)?;
@@ -180,10 +189,22 @@ pub fn train_vae(
             s.config.steps = n;
         }
         s
-    } else if freeze_now {
-        candle_core::bail!("freezing the encoder continues a trained run: pass --resume")
+    } else if freeze_now && config.init_from.is_none() {
+        candle_core::bail!(
+            "freezing the encoder needs trained weights: pass --resume, or --init-from a VAE run \
+             or a world-model folder"
+        )
     } else {
         run.expect_new()?;
+        let model = match &config.init_from {
+            Some(p) => {
+                let s = load_vae_source(std::path::Path::new(p), &device)?;
+                let m = s.config.clone();
+                source = Some((p.clone(), s));
+                m
+            }
+            None => model,
+        };
         model.validate()?;
         let f = model.spatial_factor() as u32;
         if config.crop % f != 0 {
@@ -214,6 +235,10 @@ pub fn train_vae(
     )?;
     let trains = |name: &str| !cfg.freeze_encoder || name.starts_with("decoder.");
     let mut opt = AdamW::new_filtered(&varmap, cfg.optim.clone(), trains)?;
+    if let Some((path, source)) = &source {
+        restore_vars(&varmap, &source.tensors, "")
+            .map_err(|e| candle_core::Error::Msg(format!("--init-from {path}: {e}")))?;
+    }
     let mut ema = Ema::new_filtered(&varmap, cfg.ema_decay, trains)?;
     if resume {
         let tensors = run.load_tensors(&device)?;

@@ -345,6 +345,127 @@ fn freezing_the_encoder_keeps_its_averaged_weights() {
     assert!(decoder_moved);
 }
 
+/// A decoder can be polished from an exported model folder alone (the run that made its VAE
+/// gone): the new run starts from the folder's VAE with the encoder frozen at exactly its
+/// weights, so the latents a DiT was trained on do not change, and only the decoder moves.
+#[test]
+fn decoder_polishes_from_an_exported_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
+    let dit = RunDir::create(&tmp.path().join("dit")).unwrap();
+    train_dit(
+        &dit,
+        Some(NewDitRun {
+            config: tiny_dit_config(1),
+            dit: WorldDitConfig::tiny(),
+            text: WorldTextConfig::tiny(1),
+            vae: vae.path(),
+            init_from: None,
+        }),
+        DitResumeChanges::default(),
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    let folder = tmp.path().join("model");
+    export_model(
+        vae.path(),
+        &dit,
+        &folder,
+        candle_core::DType::F16,
+        SamplingDefaults::default(),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let (_, shipped) = read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let polish = |dir: &str, freeze: bool, steps: usize| {
+        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
+        let config = VaeTrainConfig {
+            freeze_encoder: freeze,
+            init_from: Some(folder.display().to_string()),
+            ..vae_config(steps)
+        };
+        // The shape comes from the folder: a mismatching one passed here is ignored.
+        let other = WorldVaeConfig {
+            latent_channels: WorldVaeConfig::tiny().latent_channels + 4,
+            ..WorldVaeConfig::tiny()
+        };
+        train_vae(&run, config, other, false, None, None, &mut |_| {}).map(|s| (run, s))
+    };
+    let (run, state) = polish("polish", true, 2).unwrap();
+    assert_eq!(
+        state.model,
+        read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .0
+            .vae
+    );
+    let got = params(&run);
+    let mut decoder_moved = false;
+    for (name, v) in shipped
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("vae.")?, v)))
+    {
+        let live = &got[&format!("param.{name}")];
+        if name.starts_with("encoder.") {
+            assert_eq!(max_diff(live, v), 0.0, "{name}");
+            assert_eq!(max_diff(&got[&format!("ema.{name}")], v), 0.0, "{name}");
+        } else if max_diff(live, v) > 0.0 {
+            decoder_moved = true;
+        }
+    }
+    assert!(decoder_moved);
+    // The polished decoder exports beside the same DiT, the encoder unchanged.
+    let again = tmp.path().join("again");
+    export_model(
+        run.path(),
+        &dit,
+        &again,
+        candle_core::DType::F16,
+        SamplingDefaults::default(),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let (_, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
+    for (k, v) in shipped
+        .iter()
+        .filter(|(k, _)| k.starts_with("vae.encoder."))
+    {
+        assert_eq!(max_diff(v, &out[k]), 0.0, "{k}");
+    }
+    // Freezing needs weights to freeze; a missing source is named.
+    let err = train_vae(
+        &RunDir::create(&tmp.path().join("bare")).unwrap(),
+        VaeTrainConfig {
+            freeze_encoder: true,
+            ..vae_config(1)
+        },
+        WorldVaeConfig::tiny(),
+        false,
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--init-from"), "{err}");
+    let missing = tmp.path().join("no-such-model");
+    let err = train_vae(
+        &RunDir::create(&tmp.path().join("missing")).unwrap(),
+        VaeTrainConfig {
+            init_from: Some(missing.display().to_string()),
+            ..vae_config(1)
+        },
+        WorldVaeConfig::tiny(),
+        false,
+        None,
+        None,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no-such-model"), "{err}");
+}
+
 /// A run can start from an exported model folder alone (its VAE makes the latents, its DiT and
 /// text encoder are the starting weights, its latent scale is kept), as when the runs that made
 /// the shipped model are gone; and that run exports again with the folder as its VAE.
