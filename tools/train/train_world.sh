@@ -82,9 +82,22 @@ finetune_5 "$RUNS/world-5e" "$RUNS/world-dit-5f" "$RUNS/world-5f" 9 6500 850 750
 
 # 10. The same fine-tune from that folder, the DiT grown from 5 blocks to 6 (the new block starts
 #     as the identity and has no cross-attention, `"cross_attn_blocks": 5`, which keeps 6 blocks
-#     under 20 MB in f16), on new clips (seed 10), 7,000 steps; its export is the built-in model.
+#     under 20 MB in f16), on new clips (seed 10), 7,000 steps.
 $Z train dit --vae "$RUNS/world-5f" --init-from "$RUNS/world-5f" --out "$RUNS/world-dit-6" \
     --config tools/train/world_dit_6.json --foreground-weight 3 --lr 2e-4 --seed 10 \
     --max-chunks 32 --steps 7000
 $Z train export --vae "$RUNS/world-5f" --dit "$RUNS/world-dit-6" \
+    -o "$RUNS/world-6" --note "tools/train/train_world.sh (6-block fine-tune, seed 10)" --guidance 3
+
+# 11. The decoder polished again, from that folder's VAE with the encoder frozen at its weights
+#     (the DiTs' latents do not change), 1,500 steps on new clips (seed 12).
+$Z train vae --init-from "$RUNS/world-6" --freeze-encoder --out "$RUNS/world-vae-polish" \
+    --steps 1500 --lr 1e-3 --seed 12
+
+# 12. The 6-block fine-tune once more from the stage-10 folder, on new clips (seed 11), 5,000
+#     steps; exported beside the polished decoder, it is the built-in model.
+$Z train dit --vae "$RUNS/world-6" --init-from "$RUNS/world-6" --out "$RUNS/world-dit-6b" \
+    --config tools/train/world_dit_6.json --foreground-weight 3 --lr 2e-4 --seed 11 \
+    --max-chunks 32 --steps 5000
+$Z train export --vae "$RUNS/world-vae-polish" --dit "$RUNS/world-dit-6b" \
     -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh" --guidance 3

@@ -4,11 +4,12 @@
 
 use std::process::Command;
 
-/// Mean evaluator total the fixed prompts must reach together (the shipped 6-block weights at
-/// their default guidance 3: 77.4%; 99.0, 85.2 and 47.9% each; three single clips, so a new
-/// export or default moves it several points either way: the 5-block weights before them
-/// measured 81.5% here, the ones before those 85.7%).
-const MIN_MEAN_TOTAL: f64 = 0.72;
+/// Mean evaluator total the fixed prompts must reach together (the shipped weights, the 6-block
+/// DiT fine-tuned on seed-11 clips with the polished decoder, at their default guidance 3:
+/// 90.7%; 97.9, 86.5 and 87.8% each; three single clips, so a new export or default moves it
+/// several points either way: the 6-block weights before them measured 77.4% here, the 5-block
+/// ones 81.5%, the ones before those 85.7%).
+const MIN_MEAN_TOTAL: f64 = 0.8;
 
 const PROMPTS: [&str; 3] = [
     "a red ball bounces to the right on a black background",

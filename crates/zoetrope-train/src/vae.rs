@@ -122,6 +122,9 @@ pub struct VaeRunState {
     pub elapsed_s: f64,
     /// The last evaluation's PSNR (dB) on held-out clips.
     pub eval_psnr: Option<f64>,
+    /// How the weights a `init_from` run started from were made (null for other runs).
+    #[serde(default)]
+    pub init_provenance: serde_json::Value,
 }
 
 pub const VAE_RUN_KIND: &str = "world-vae";
@@ -196,10 +199,12 @@ pub fn train_vae(
         )
     } else {
         run.expect_new()?;
+        let mut init_provenance = serde_json::Value::Null;
         let model = match &config.init_from {
             Some(p) => {
                 let s = load_vae_source(std::path::Path::new(p), &device)?;
                 let m = s.config.clone();
+                init_provenance = serde_json::json!({"from": p, "training": s.provenance});
                 source = Some((p.clone(), s));
                 m
             }
@@ -221,6 +226,7 @@ pub fn train_vae(
             ema_updates: 0,
             elapsed_s: 0.0,
             eval_psnr: None,
+            init_provenance,
         }
     };
     let start_freezing = resume && freeze_now && !state.config.freeze_encoder;
@@ -397,8 +403,11 @@ pub fn load_vae_source(path: &std::path::Path, device: &Device) -> Result<VaeSou
         });
     }
     let (state, tensors) = load_vae_run(&RunDir::open(path)?, device)?;
-    let provenance = serde_json::json!({"steps": state.step, "train_seconds": state.elapsed_s,
-        "eval_psnr_db": state.eval_psnr, "config": state.config});
+    let mut provenance = serde_json::json!({"steps": state.step,
+        "train_seconds": state.elapsed_s, "eval_psnr_db": state.eval_psnr, "config": state.config});
+    if !state.init_provenance.is_null() {
+        provenance["init_from"] = state.init_provenance;
+    }
     Ok(VaeSource {
         config: state.model,
         tensors,

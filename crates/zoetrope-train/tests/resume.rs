@@ -427,13 +427,16 @@ fn decoder_polishes_from_an_exported_model() {
         serde_json::json!({}),
     )
     .unwrap();
-    let (_, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (manifest, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
     for (k, v) in shipped
         .iter()
         .filter(|(k, _)| k.starts_with("vae.encoder."))
     {
         assert_eq!(max_diff(v, &out[k]), 0.0, "{k}");
     }
+    // Its provenance names the folder it started from.
+    let from = &manifest.training["vae"]["init_from"]["from"];
+    assert_eq!(from.as_str(), Some(folder.display().to_string().as_str()));
     // Freezing needs weights to freeze; a missing source is named.
     let err = train_vae(
         &RunDir::create(&tmp.path().join("bare")).unwrap(),
