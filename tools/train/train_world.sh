@@ -90,14 +90,17 @@ $Z train export --vae "$RUNS/world-5f" --dit "$RUNS/world-dit-6" \
     -o "$RUNS/world-6" --note "tools/train/train_world.sh (6-block fine-tune, seed 10)" --guidance 3
 
 # 11. The decoder polished again, from that folder's VAE with the encoder frozen at its weights
-#     (the DiTs' latents do not change), 1,500 steps on new clips (seed 12).
+#     (the DiTs' latents do not change), 1,500 steps on new clips (seed 12), then once more from
+#     that run's averaged weights, 1,200 steps at a lower peak (seed 13).
 $Z train vae --init-from "$RUNS/world-6" --freeze-encoder --out "$RUNS/world-vae-polish" \
     --steps 1500 --lr 1e-3 --seed 12
+$Z train vae --init-from "$RUNS/world-vae-polish" --freeze-encoder --out "$RUNS/world-vae-polish2" \
+    --steps 1200 --lr 5e-4 --seed 13
 
 # 12. The 6-block fine-tune once more from the stage-10 folder, on new clips (seed 11), 5,000
-#     steps; exported beside the polished decoder, it is the built-in model.
+#     steps; exported beside the twice-polished decoder, it is the built-in model.
 $Z train dit --vae "$RUNS/world-6" --init-from "$RUNS/world-6" --out "$RUNS/world-dit-6b" \
     --config tools/train/world_dit_6.json --foreground-weight 3 --lr 2e-4 --seed 11 \
     --max-chunks 32 --steps 5000
-$Z train export --vae "$RUNS/world-vae-polish" --dit "$RUNS/world-dit-6b" \
+$Z train export --vae "$RUNS/world-vae-polish2" --dit "$RUNS/world-dit-6b" \
     -o crates/zoetrope-models/weights/world --note "tools/train/train_world.sh" --guidance 3
