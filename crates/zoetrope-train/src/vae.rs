@@ -205,7 +205,7 @@ pub fn train_vae(
                 let s = load_vae_source(std::path::Path::new(p), &device)?;
                 let m = s.config.clone();
                 init_provenance = serde_json::json!({"from": p, "training": s.provenance});
-                source = Some((p.clone(), s));
+                source = Some(s);
                 m
             }
             None => model,
@@ -241,7 +241,7 @@ pub fn train_vae(
     )?;
     let trains = |name: &str| !cfg.freeze_encoder || name.starts_with("decoder.");
     let mut opt = AdamW::new_filtered(&varmap, cfg.optim.clone(), trains)?;
-    if let Some((path, source)) = &source {
+    if let (Some(source), Some(path)) = (&source, &cfg.init_from) {
         restore_vars(&varmap, &source.tensors, "")
             .map_err(|e| candle_core::Error::Msg(format!("--init-from {path}: {e}")))?;
     }

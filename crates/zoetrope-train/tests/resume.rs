@@ -1,18 +1,21 @@
 //! Training is reproducible from a seed and a stopped run resumes exactly.
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use zoetrope_models::world::dit::WorldDitConfig;
-use zoetrope_models::world::model::{read_model_dir, SamplingDefaults, WorldModel};
+use zoetrope_models::world::model::{
+    read_model_dir, SamplingDefaults, WorldModel, WorldModelManifest,
+};
 use zoetrope_models::world::pipeline::WorldPipeline;
 use zoetrope_models::world::text::WorldTextConfig;
 use zoetrope_models::world::vae::WorldVaeConfig;
 use zoetrope_nn::metrics::max_abs_diff;
 use zoetrope_train::data::ClipShape;
-use zoetrope_train::dit::{train_dit, DitResumeChanges, DitTrainConfig, NewDitRun};
+use zoetrope_train::dit::{train_dit, DitResumeChanges, DitRunState, DitTrainConfig, NewDitRun};
 use zoetrope_train::export::export_model;
-use zoetrope_train::vae::{train_vae, VaeTrainConfig};
+use zoetrope_train::vae::{train_vae, VaeRunState, VaeTrainConfig};
 use zoetrope_train::RunDir;
 
 fn vae_config(steps: usize) -> VaeTrainConfig {
@@ -62,7 +65,7 @@ fn tiny_dit_config(steps: usize) -> DitTrainConfig {
     }
 }
 
-fn train_vae_run(dir: &std::path::Path, steps: usize, resume: bool) -> RunDir {
+fn train_vae_run(dir: &Path, steps: usize, resume: bool) -> RunDir {
     let run = RunDir::create(dir).unwrap();
     train_vae(
         &run,
@@ -75,6 +78,57 @@ fn train_vae_run(dir: &std::path::Path, steps: usize, resume: bool) -> RunDir {
     )
     .unwrap();
     run
+}
+
+/// A new VAE run in `dir` with `config` and `model`, trained to its end.
+fn new_vae_run(
+    dir: &Path,
+    config: VaeTrainConfig,
+    model: WorldVaeConfig,
+) -> candle_core::Result<(RunDir, VaeRunState)> {
+    let run = RunDir::create(dir)?;
+    let state = train_vae(&run, config, model, false, None, None, &mut |_| {})?;
+    Ok((run, state))
+}
+
+/// A new DiT run in `dir` on the latents of `vae` (a VAE run or a model folder), from random
+/// weights or warm-started from `init`, trained to its end.
+fn new_dit_run(
+    dir: &Path,
+    config: DitTrainConfig,
+    dit: WorldDitConfig,
+    vae: &Path,
+    init: Option<&Path>,
+) -> candle_core::Result<(RunDir, DitRunState)> {
+    let run = RunDir::create(dir)?;
+    let state = train_dit(
+        &run,
+        Some(NewDitRun {
+            config,
+            dit,
+            text: WorldTextConfig::tiny(1),
+            vae,
+            init_from: init,
+        }),
+        DitResumeChanges::default(),
+        None,
+        None,
+        &mut |_| {},
+    )?;
+    Ok((run, state))
+}
+
+/// Exports the VAE at `vae` and the DiT run `dit` to `out` with default sampling settings.
+fn export(vae: &Path, dit: &RunDir, out: &Path, dtype: DType) -> WorldModelManifest {
+    export_model(
+        vae,
+        dit,
+        out,
+        dtype,
+        SamplingDefaults::default(),
+        serde_json::json!({}),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -154,22 +208,14 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
     let train = |dir: &str, config: DitTrainConfig, dit: WorldDitConfig, init: Option<&RunDir>| {
-        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
-        train_dit(
-            &run,
-            Some(NewDitRun {
-                config,
-                dit,
-                text: WorldTextConfig::tiny(1),
-                vae: vae.path(),
-                init_from: init.map(RunDir::path),
-            }),
-            DitResumeChanges::default(),
-            None,
-            None,
-            &mut |_| {},
+        new_dit_run(
+            &tmp.path().join(dir),
+            config,
+            dit,
+            vae.path(),
+            init.map(RunDir::path),
         )
-        .map(|_| run)
+        .map(|(run, _)| run)
     };
     let source = train("source", tiny_dit_config(2), WorldDitConfig::tiny(), None).unwrap();
     // One step at learning rate 0: the new run's weights are the warm start's.
@@ -182,7 +228,7 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
     let warm = train("warm", frozen.clone(), finer.clone(), Some(&source)).unwrap();
     let src = params(&source);
     let got = params(&warm);
-    let state: zoetrope_train::dit::DitRunState = warm.load_state().unwrap();
+    let state: DitRunState = warm.load_state().unwrap();
     assert_eq!(
         state.init_from.as_deref(),
         Some(source.path().to_str().unwrap())
@@ -235,16 +281,8 @@ fn dit_warm_start_copies_averaged_weights_and_refines_the_patch() {
     let grown = train("deep", frozen.clone(), deeper, Some(&source)).unwrap();
     let velocity = |run: &RunDir, name: &str| {
         let dir = tmp.path().join(name);
-        export_model(
-            vae.path(),
-            run,
-            &dir,
-            candle_core::DType::F32,
-            SamplingDefaults::default(),
-            serde_json::json!({}),
-        )
-        .unwrap();
-        let model = WorldModel::load_dir(&dir, candle_core::DType::F32, &Device::Cpu).unwrap();
+        export(vae.path(), run, &dir, DType::F32);
+        let model = WorldModel::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
         let pipe = WorldPipeline::new(model);
         let text = pipe
             .encode_text("a red ball on a black background", "", 4.0)
@@ -352,51 +390,31 @@ fn freezing_the_encoder_keeps_its_averaged_weights() {
 fn decoder_polishes_from_an_exported_model() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
-    let dit = RunDir::create(&tmp.path().join("dit")).unwrap();
-    train_dit(
-        &dit,
-        Some(NewDitRun {
-            config: tiny_dit_config(1),
-            dit: WorldDitConfig::tiny(),
-            text: WorldTextConfig::tiny(1),
-            vae: vae.path(),
-            init_from: None,
-        }),
-        DitResumeChanges::default(),
+    let (dit, _) = new_dit_run(
+        &tmp.path().join("dit"),
+        tiny_dit_config(1),
+        WorldDitConfig::tiny(),
+        vae.path(),
         None,
-        None,
-        &mut |_| {},
     )
     .unwrap();
     let folder = tmp.path().join("model");
-    export_model(
-        vae.path(),
-        &dit,
-        &folder,
-        candle_core::DType::F16,
-        SamplingDefaults::default(),
-        serde_json::json!({}),
-    )
-    .unwrap();
-    let (_, shipped) = read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let polish = |dir: &str, freeze: bool, steps: usize| {
-        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
-        let config = VaeTrainConfig {
-            freeze_encoder: freeze,
-            init_from: Some(folder.display().to_string()),
-            ..vae_config(steps)
-        };
-        // The shape comes from the folder: a mismatching one passed here is ignored.
-        let other = WorldVaeConfig {
-            latent_channels: WorldVaeConfig::tiny().latent_channels + 4,
-            ..WorldVaeConfig::tiny()
-        };
-        train_vae(&run, config, other, false, None, None, &mut |_| {}).map(|s| (run, s))
+    export(vae.path(), &dit, &folder, DType::F16);
+    let (_, shipped) = read_model_dir(&folder, DType::F32, &Device::Cpu).unwrap();
+    let polish = VaeTrainConfig {
+        freeze_encoder: true,
+        init_from: Some(folder.display().to_string()),
+        ..vae_config(2)
     };
-    let (run, state) = polish("polish", true, 2).unwrap();
+    // The shape comes from the folder: a mismatching one passed here is ignored.
+    let other = WorldVaeConfig {
+        latent_channels: WorldVaeConfig::tiny().latent_channels + 4,
+        ..WorldVaeConfig::tiny()
+    };
+    let (run, state) = new_vae_run(&tmp.path().join("polish"), polish, other).unwrap();
     assert_eq!(
         state.model,
-        read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu)
+        read_model_dir(&folder, DType::F32, &Device::Cpu)
             .unwrap()
             .0
             .vae
@@ -418,16 +436,8 @@ fn decoder_polishes_from_an_exported_model() {
     assert!(decoder_moved);
     // The polished decoder exports beside the same DiT, the encoder unchanged.
     let again = tmp.path().join("again");
-    export_model(
-        run.path(),
-        &dit,
-        &again,
-        candle_core::DType::F16,
-        SamplingDefaults::default(),
-        serde_json::json!({}),
-    )
-    .unwrap();
-    let (manifest, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
+    export(run.path(), &dit, &again, DType::F16);
+    let (manifest, out) = read_model_dir(&again, DType::F32, &Device::Cpu).unwrap();
     for (k, v) in shipped
         .iter()
         .filter(|(k, _)| k.starts_with("vae.encoder."))
@@ -438,32 +448,21 @@ fn decoder_polishes_from_an_exported_model() {
     let from = &manifest.training["vae"]["init_from"]["from"];
     assert_eq!(from.as_str(), Some(folder.display().to_string().as_str()));
     // Freezing needs weights to freeze; a missing source is named.
-    let err = train_vae(
-        &RunDir::create(&tmp.path().join("bare")).unwrap(),
-        VaeTrainConfig {
-            freeze_encoder: true,
-            ..vae_config(1)
-        },
-        WorldVaeConfig::tiny(),
-        false,
-        None,
-        None,
-        &mut |_| {},
-    )
-    .unwrap_err();
+    let bare = VaeTrainConfig {
+        freeze_encoder: true,
+        ..vae_config(1)
+    };
+    let err = new_vae_run(&tmp.path().join("bare"), bare, WorldVaeConfig::tiny()).unwrap_err();
     assert!(err.to_string().contains("--init-from"), "{err}");
     let missing = tmp.path().join("no-such-model");
-    let err = train_vae(
-        &RunDir::create(&tmp.path().join("missing")).unwrap(),
-        VaeTrainConfig {
-            init_from: Some(missing.display().to_string()),
-            ..vae_config(1)
-        },
+    let missing_source = VaeTrainConfig {
+        init_from: Some(missing.display().to_string()),
+        ..vae_config(1)
+    };
+    let err = new_vae_run(
+        &tmp.path().join("missing"),
+        missing_source,
         WorldVaeConfig::tiny(),
-        false,
-        None,
-        None,
-        &mut |_| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains("no-such-model"), "{err}");
@@ -476,23 +475,14 @@ fn decoder_polishes_from_an_exported_model() {
 fn dit_fine_tunes_from_an_exported_model() {
     let tmp = tempfile::tempdir().unwrap();
     let vae = train_vae_run(&tmp.path().join("vae"), 1, false);
-    let train = |dir: &str, config: DitTrainConfig, vae: &std::path::Path, init| {
-        let run = RunDir::create(&tmp.path().join(dir)).unwrap();
-        let state = train_dit(
-            &run,
-            Some(NewDitRun {
-                config,
-                dit: WorldDitConfig::tiny(),
-                text: WorldTextConfig::tiny(1),
-                vae,
-                init_from: init,
-            }),
-            DitResumeChanges::default(),
-            None,
-            None,
-            &mut |_| {},
-        )?;
-        Ok::<_, candle_core::Error>((run, state))
+    let train = |dir: &str, config: DitTrainConfig, vae: &Path, init| {
+        new_dit_run(
+            &tmp.path().join(dir),
+            config,
+            WorldDitConfig::tiny(),
+            vae,
+            init,
+        )
     };
     let (source, _) = train("source", tiny_dit_config(2), vae.path(), None).unwrap();
     let folder = tmp.path().join("model");
@@ -500,7 +490,7 @@ fn dit_fine_tunes_from_an_exported_model() {
         vae.path(),
         &source,
         &folder,
-        candle_core::DType::F32,
+        DType::F32,
         SamplingDefaults::default(),
         serde_json::json!({"note": "test"}),
     )
@@ -510,7 +500,7 @@ fn dit_fine_tunes_from_an_exported_model() {
     let (tuned, state) = train("tuned", frozen, &folder, Some(&folder)).unwrap();
     assert_eq!(state.vae.scaling_factor, exported.vae.scaling_factor);
     assert_eq!(state.init_provenance["model"], folder.display().to_string());
-    let (_, weights) = read_model_dir(&folder, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (_, weights) = read_model_dir(&folder, DType::F32, &Device::Cpu).unwrap();
     let got = params(&tuned);
     let mut copied = 0;
     for (k, v) in &got {
@@ -522,17 +512,9 @@ fn dit_fine_tunes_from_an_exported_model() {
     assert!(copied > 20, "{copied}");
     // Exporting the fine-tuned run with the folder as its VAE keeps the folder's VAE weights.
     let again = tmp.path().join("again");
-    let manifest = export_model(
-        &folder,
-        &tuned,
-        &again,
-        candle_core::DType::F32,
-        SamplingDefaults::default(),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let manifest = export(&folder, &tuned, &again, DType::F32);
     assert_eq!(manifest.vae, exported.vae);
-    let (_, out) = read_model_dir(&again, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (_, out) = read_model_dir(&again, DType::F32, &Device::Cpu).unwrap();
     for (k, v) in weights.iter().filter(|(k, _)| k.starts_with("vae.")) {
         assert_eq!(max_diff(v, &out[k]), 0.0, "{k}");
     }
