@@ -12,4 +12,5 @@
 pub mod buf;
 pub mod cpu;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod peak;

@@ -1,0 +1,432 @@
+//! bf16 matrix products with f32 accumulation, `C = A·B (+ bias)`, on AMX tiles.
+//!
+//! B (a layer's weight) is packed once into AMX's pair-interleaved ("VNNI") tile layout,
+//! [`PackedB`]; A (activations, f32 or bf16) is rounded to bf16 and packed into row tiles at each
+//! call. The micro-kernel holds a 32 × 32 block of C in four f32 tiles and, per 32-deep step,
+//! loads two A tiles and two B tiles and issues four `tdpbf16ps` (16·16·32 multiply-adds each).
+//! Products of two bf16 values are exact in f32, so the only roundings are the inputs' to bf16
+//! and the f32 accumulation: the same arithmetic as oneDNN's bf16 matmul that torch uses, and the
+//! bias is added in f32 before the single rounding of the output.
+//!
+//! AMX instructions are written with `asm!` (their intrinsics are not stable Rust). Without AMX
+//! (or with `ZOETROPE_ISA=avx512`/`scalar`) the same function computes the same products through
+//! the f32 GEMM, from the bf16-rounded inputs.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::buf::AlignedBuf;
+use crate::cpu;
+use crate::gemm::{self, Beta, Mat};
+
+/// Rows (of A and C) and columns (of B and C) of one tile.
+const TILE: usize = 16;
+/// Depth of one tile step: 32 bf16 = one 64-byte tile row.
+const KSTEP: usize = 32;
+/// Elements (u16) of one packed tile.
+const TILE_ELEMS: usize = TILE * KSTEP;
+/// Columns of B one task keeps in L2 while it runs over many rows of A.
+const NBLOCK: usize = 128;
+
+/// Something that rounds to bf16: f32 (round to nearest even) or bf16 itself.
+pub trait ToBf16: Copy + Send + Sync {
+    fn bits(self) -> u16;
+    fn to_f32(self) -> f32;
+}
+
+impl ToBf16 for f32 {
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        bf16::from_f32(self).to_bits()
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl ToBf16 for bf16 {
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// An output element: f32, or bf16 rounded once from the f32 sum.
+pub trait FromF32: Copy + Send + Sync {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl FromF32 for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl FromF32 for bf16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// B `[k × n]` rounded to bf16 and packed for the AMX micro-kernel: 16-column panels, each a
+/// run of 32-deep tiles `[k/2 pairs][16 columns][2]`, k padded with zeros to a multiple of 32 and
+/// n to a multiple of 32.
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    kchunks: usize,
+    panels: usize,
+    data: AlignedBuf,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
+
+impl PackedB {
+    /// Packs B from any strided view: element `(p, j)` is `data[p * rs + j * cs]` (a `[n, k]`
+    /// weight is `rs = 1, cs = k`).
+    pub fn pack<T: ToBf16>(k: usize, n: usize, data: &[T], rs: usize, cs: usize) -> Self {
+        if k > 0 && n > 0 {
+            let last = (k - 1) * rs + (n - 1) * cs;
+            assert!(
+                last < data.len(),
+                "PackedB: {k}x{n} view (strides {rs}, {cs}) needs {} elements, has {}",
+                last + 1,
+                data.len()
+            );
+        }
+        let kchunks = k.div_ceil(KSTEP);
+        let panels = n.div_ceil(2 * TILE) * 2;
+        let len = panels * kchunks * TILE_ELEMS;
+        let mut buf = AlignedBuf::with_len::<u16>(len);
+        let out = buf.slice_mut::<u16>(len);
+        out.par_chunks_mut((kchunks * TILE_ELEMS).max(1))
+            .enumerate()
+            .for_each(|(q, panel)| {
+                for (c, tile) in panel.chunks_exact_mut(TILE_ELEMS).enumerate() {
+                    for (pair, row) in tile.chunks_exact_mut(2 * TILE).enumerate() {
+                        for col in 0..TILE {
+                            let j = q * TILE + col;
+                            for e in 0..2 {
+                                let p = c * KSTEP + 2 * pair + e;
+                                row[2 * col + e] = if j < n && p < k {
+                                    data[p * rs + j * cs].bits()
+                                } else {
+                                    0
+                                };
+                            }
+                        }
+                    }
+                }
+            });
+        Self {
+            k,
+            n,
+            kchunks,
+            panels,
+            data: buf,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.panels * self.kchunks * TILE_ELEMS * 2
+    }
+
+    fn tiles(&self) -> &[u16] {
+        self.data.slice(self.panels * self.kchunks * TILE_ELEMS)
+    }
+
+    /// Element `(p, j)` as f32 (for the fallback path).
+    fn get(&self, p: usize, j: usize) -> f32 {
+        let (q, col) = (j / TILE, j % TILE);
+        let (c, r) = (p / KSTEP, p % KSTEP);
+        let idx = (q * self.kchunks + c) * TILE_ELEMS + (r / 2) * 2 * TILE + 2 * col + r % 2;
+        bf16::from_bits(self.tiles()[idx]).to_f32()
+    }
+}
+
+/// Whether [`gemm`] runs on AMX tiles here.
+pub fn amx_available() -> bool {
+    cpu::features().amx_bf16
+}
+
+/// `C[m × n] = A[m × k]·B (+ bias[n])` with A row-major (row stride `lda`), rounded to bf16, and
+/// C row-major (row stride `ldc`), f32 or bf16.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<A: ToBf16, C: FromF32>(
+    m: usize,
+    a: &[A],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [C],
+    ldc: usize,
+    bias: Option<&[f32]>,
+) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        lda >= k && ldc >= n,
+        "gemm_bf16: lda {lda} < k {k} or ldc {ldc} < n {n}"
+    );
+    assert!(
+        a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n,
+        "gemm_bf16: A or C too short for {m}x{n}x{k}"
+    );
+    if let Some(bias) = bias {
+        assert!(
+            bias.len() >= n,
+            "gemm_bf16: bias has {} of {n} values",
+            bias.len()
+        );
+    }
+    if !amx_available() {
+        return fallback(m, a, lda, b, c, ldc, bias);
+    }
+    // Pack A into 16-row panels of 32-deep tiles, an even number of panels.
+    let kchunks = b.kchunks;
+    let mpanels = m.div_ceil(2 * TILE) * 2;
+    let alen = mpanels * kchunks * TILE_ELEMS;
+    let mut abuf = AlignedBuf::with_len::<u16>(alen);
+    let apack = abuf.slice_mut::<u16>(alen);
+    apack
+        .par_chunks_mut((kchunks * TILE_ELEMS).max(1))
+        .enumerate()
+        .for_each(|(q, panel)| {
+            for r in 0..TILE {
+                let i = q * TILE + r;
+                for c in 0..kchunks {
+                    let row =
+                        &mut panel[c * TILE_ELEMS + r * KSTEP..c * TILE_ELEMS + (r + 1) * KSTEP];
+                    let p0 = c * KSTEP;
+                    let valid = if i < m {
+                        KSTEP.min(k.saturating_sub(p0))
+                    } else {
+                        0
+                    };
+                    for (e, dst) in row.iter_mut().enumerate() {
+                        *dst = if e < valid {
+                            a[i * lda + p0 + e].bits()
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        });
+    let apack: &[u16] = apack;
+    let bpack = b.tiles();
+
+    let mpairs = mpanels / 2;
+    let npairs = b.panels / 2;
+    let nblocks = (n.div_ceil(NBLOCK)).max(1);
+    let pairs_per_nblock = NBLOCK / (2 * TILE);
+    let threads = rayon::current_num_threads();
+    let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mpairs);
+    let pairs_per_mgroup = mpairs.div_ceil(mgroups);
+    let mgroups = mpairs.div_ceil(pairs_per_mgroup);
+    let cptr = SharedMut(c.as_mut_ptr());
+    (0..nblocks * mgroups).into_par_iter().for_each(|t| {
+        let (nb, mg) = (t / mgroups, t % mgroups);
+        let np = nb * pairs_per_nblock..((nb + 1) * pairs_per_nblock).min(npairs);
+        let mp = mg * pairs_per_mgroup..((mg + 1) * pairs_per_mgroup).min(mpairs);
+        // SAFETY: AMX is available and permitted (checked above); the task writes only C's
+        // rows of `mp` × columns of `np`, disjoint from every other task's.
+        unsafe {
+            amx::with_tiles(|| {
+                for i in mp.clone() {
+                    for j in np.clone() {
+                        let mut acc = [0f32; 4 * TILE * TILE];
+                        amx::block(
+                            apack.as_ptr().add(2 * i * kchunks * TILE_ELEMS),
+                            bpack.as_ptr().add(2 * j * kchunks * TILE_ELEMS),
+                            kchunks,
+                            acc.as_mut_ptr(),
+                        );
+                        store(&acc, i * 2 * TILE, j * 2 * TILE, m, n, cptr, ldc, bias);
+                    }
+                }
+            })
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedMut<C>(*mut C);
+// SAFETY: tasks write disjoint blocks of C.
+unsafe impl<C> Send for SharedMut<C> {}
+unsafe impl<C> Sync for SharedMut<C> {}
+
+/// Writes the valid part of a 32 × 32 f32 block (row stride 32) at `(i0, j0)` of C.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn store<C: FromF32>(
+    acc: &[f32; 4 * TILE * TILE],
+    i0: usize,
+    j0: usize,
+    m: usize,
+    n: usize,
+    c: SharedMut<C>,
+    ldc: usize,
+    bias: Option<&[f32]>,
+) {
+    let rows = (2 * TILE).min(m - i0);
+    let cols = (2 * TILE).min(n.saturating_sub(j0));
+    for r in 0..rows {
+        let crow = c.0.add((i0 + r) * ldc + j0);
+        let arow = &acc[r * 2 * TILE..r * 2 * TILE + cols];
+        match bias {
+            Some(b) => {
+                for (jj, (&v, &bv)) in arow.iter().zip(&b[j0..j0 + cols]).enumerate() {
+                    *crow.add(jj) = C::from_f32(v + bv);
+                }
+            }
+            None => {
+                for (jj, &v) in arow.iter().enumerate() {
+                    *crow.add(jj) = C::from_f32(v);
+                }
+            }
+        }
+    }
+}
+
+/// The same products through the f32 GEMM (bf16 inputs are exact in f32).
+#[allow(clippy::too_many_arguments)]
+fn fallback<A: ToBf16, C: FromF32>(
+    m: usize,
+    a: &[A],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [C],
+    ldc: usize,
+    bias: Option<&[f32]>,
+) {
+    let (k, n) = (b.k, b.n);
+    let af: Vec<f32> = (0..m * k)
+        .map(|idx| bf16::from_bits(a[(idx / k) * lda + idx % k].bits()).to_f32())
+        .collect();
+    let bf: Vec<f32> = (0..k * n).map(|idx| b.get(idx / n, idx % n)).collect();
+    let mut cf = vec![0f32; m * n];
+    gemm::sgemm(
+        m,
+        n,
+        k,
+        Mat::rows(&af, k),
+        Mat::rows(&bf, n),
+        &mut cf,
+        n,
+        Beta::Overwrite,
+        bias,
+    );
+    for i in 0..m {
+        for j in 0..n {
+            c[i * ldc + j] = C::from_f32(cf[i * n + j]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::{TILE, TILE_ELEMS};
+
+    /// Tile configuration: palette 1, all eight tiles 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    /// Configures the tiles for this thread, runs `f`, releases them.
+    pub unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+        let mut cfg = Config([0; 64]);
+        cfg.0[0] = 1;
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64; // bytes per row
+            cfg.0[48 + t] = TILE as u8; // rows
+        }
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let r = f();
+        asm!("tilerelease", options(nostack, nomem));
+        r
+    }
+
+    /// `acc[32 × 32] = A-pair · B-pair` over `kchunks` 32-deep steps. `a` points at two
+    /// consecutive 16-row panels of packed A, `b` at two consecutive 16-column panels of packed
+    /// B (each panel `kchunks` tiles long).
+    pub unsafe fn block(a: *const u16, b: *const u16, kchunks: usize, acc: *mut f32) {
+        let stride = 64usize;
+        let panel = kchunks * TILE_ELEMS;
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for c in 0..kchunks {
+            let a0 = a.add(c * TILE_ELEMS);
+            let a1 = a0.add(panel);
+            let b0 = b.add(c * TILE_ELEMS);
+            let b1 = b0.add(panel);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s = in(reg) stride,
+                options(nostack, readonly)
+            );
+        }
+        // C rows are 32 f32 = 128 bytes apart in `acc`.
+        let cs = 128usize;
+        asm!(
+            "tilestored [{c00} + {s}*1], tmm0",
+            "tilestored [{c01} + {s}*1], tmm1",
+            "tilestored [{c10} + {s}*1], tmm2",
+            "tilestored [{c11} + {s}*1], tmm3",
+            c00 = in(reg) acc,
+            c01 = in(reg) acc.add(TILE),
+            c10 = in(reg) acc.add(TILE * 2 * TILE),
+            c11 = in(reg) acc.add(TILE * 2 * TILE + TILE),
+            s = in(reg) cs,
+            options(nostack)
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub unsafe fn with_tiles<R>(_f: impl FnOnce() -> R) -> R {
+        unreachable!("AMX is x86-64 only")
+    }
+    pub unsafe fn block(_a: *const u16, _b: *const u16, _kchunks: usize, _acc: *mut f32) {
+        unreachable!("AMX is x86-64 only")
+    }
+}

@@ -1,0 +1,78 @@
+use half::bf16;
+use rand::{Rng, SeedableRng};
+use zoetrope_kernels::gemm_bf16::{self, PackedB};
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+fn round(v: f32) -> f64 {
+    bf16::from_f32(v).to_f64()
+}
+
+/// The exact product of the bf16-rounded inputs, in f64.
+fn reference(m: usize, n: usize, k: usize, a: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = bias.map_or(0.0, |b| b[j] as f64);
+            for p in 0..k {
+                s += round(a[i * k + p]) * round(w[j * k + p]);
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+
+#[test]
+fn matches_the_product_of_rounded_inputs() {
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (16, 16, 32),
+        (33, 47, 70),
+        (100, 200, 300),
+        (5, 130, 1030),
+        (64, 32, 0),
+    ] {
+        let a = rand_vec(m * k, 1);
+        let w = rand_vec(n * k, 2); // [n, k], as a linear layer's weight
+        let bias = rand_vec(n, 3);
+        let packed = PackedB::pack(k, n, &w, 1, k.max(1));
+        for with_bias in [false, true] {
+            let b = with_bias.then_some(bias.as_slice());
+            let want = reference(m, n, k, &a, &w, b);
+            let ldc = n + 2;
+            let mut got = vec![7f32; m * ldc];
+            gemm_bf16::gemm(m, &a, k, &packed, &mut got, ldc, b);
+            let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, w) = (got[i * ldc + j] as f64, want[i * n + j]);
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "{m}x{n}x{k} bias={with_bias} C[{i}][{j}] = {g}, want {w}"
+                    );
+                }
+                assert_eq!(
+                    &got[i * ldc + n..i * ldc + ldc],
+                    &[7.0, 7.0],
+                    "padding written"
+                );
+            }
+            // bf16 in, bf16 out: one rounding of the f32 sum.
+            let a16: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+            let mut got16 = vec![bf16::ZERO; m * n];
+            gemm_bf16::gemm(m, &a16, k, &packed, &mut got16, n, b);
+            for (idx, (g, w)) in got16.iter().zip(&want).enumerate() {
+                let w16 = bf16::from_f64(*w).to_f64();
+                let ulp = w16.abs() * 2f64.powi(-7) + tol;
+                assert!(
+                    (g.to_f64() - w16).abs() <= ulp,
+                    "bf16 out [{idx}]: {g} vs {w16}"
+                );
+            }
+        }
+    }
+}
