@@ -517,3 +517,105 @@ pub fn micro_kernel_gflops(kc: usize, reps: usize) -> Option<f64> {
     std::hint::black_box(&c);
     Some((2 * MR * NR * kc * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
+
+/// B `[k × n]` packed once into the micro-kernel's `NR`-column panels over its full depth
+/// (`data[(q·k + p)·NR + c] = B[p][q·NR + c]`), so that many products with the same B (attention's
+/// keys and values, used by every block of queries) skip the packing.
+pub struct PackedF32 {
+    k: usize,
+    n: usize,
+    data: AlignedBuf,
+}
+
+impl PackedF32 {
+    pub fn pack(b: Mat, k: usize, n: usize) -> Self {
+        b.check("B", k, n);
+        let panels = n.div_ceil(NR);
+        let mut data = AlignedBuf::with_len::<f32>(panels * NR * k);
+        let out = data.slice_mut::<f32>(panels * NR * k);
+        if k > 0 {
+            for (q, panel) in out.chunks_exact_mut(NR * k).enumerate() {
+                pack_b(b, 0, k, q * NR, NR.min(n - q * NR), panel);
+            }
+        }
+        Self { k, n, data }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// On the calling thread: `C[m × |cols|] (=|+=) A[m × |depth|] · B[depth, cols]` with B packed,
+/// `cols.start` a multiple of [`NR`]; A's column 0 is B's row `depth.start`, C's column 0 is B's
+/// column `cols.start`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_serial(
+    m: usize,
+    a: Mat,
+    b: &PackedF32,
+    depth: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    beta: Beta,
+) {
+    assert!(
+        depth.end <= b.k && cols.end <= b.n,
+        "gemm_packed: range outside B"
+    );
+    assert!(
+        cols.start.is_multiple_of(NR),
+        "gemm_packed: columns must start on a panel"
+    );
+    let (kd, n) = (depth.len(), cols.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm_packed: C too short"
+    );
+    if kd == 0 {
+        if beta == Beta::Overwrite {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
+        }
+        return;
+    }
+    a.check("A", m, kd);
+    let avx512 = cpu::features().avx512f;
+    let bdata = b.data.slice::<f32>(b.n.div_ceil(NR) * NR * b.k);
+    let panels_m = m.div_ceil(MR);
+    with_scratch(|[abuf]: &mut [AlignedBuf; 1]| {
+        let mut p0 = 0;
+        while p0 < kd {
+            let kc = KC.min(kd - p0);
+            let apack = abuf.slice_mut::<f32>(panels_m * MR * kc);
+            pack_a(a, 0, m, p0, kc, apack);
+            let accumulate = p0 > 0 || beta == Beta::Accumulate;
+            for ip in 0..panels_m {
+                let ap = apack[ip * MR * kc..].as_ptr();
+                for jp in cols.start / NR..cols.end.div_ceil(NR) {
+                    let jj = jp * NR - cols.start;
+                    let bp = bdata[(jp * b.k + depth.start + p0) * NR..].as_ptr();
+                    let out = Out {
+                        c: c[ip * MR * ldc + jj..].as_mut_ptr(),
+                        ldc,
+                        mr: MR.min(m - ip * MR),
+                        nr: NR.min(n - jj),
+                        accumulate,
+                        bias: None,
+                    };
+                    // SAFETY: the A and B panels hold `kc` full rows; C's block lies inside
+                    // the checked `m × n` region.
+                    unsafe { micro(kc, ap, bp, out, avx512) };
+                }
+            }
+            p0 += kc;
+        }
+    });
+}

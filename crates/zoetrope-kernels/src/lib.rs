@@ -9,8 +9,10 @@
 //! path, so the same binary runs on any x86-64 (or other) CPU. Tests compare each path against
 //! a plain reference in f64.
 
+pub mod attention;
 pub mod buf;
 pub mod cpu;
 pub mod gemm;
 pub mod gemm_bf16;
 pub mod peak;
+pub mod rows;
