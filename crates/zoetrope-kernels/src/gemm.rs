@@ -99,7 +99,7 @@ pub fn sgemm(
     beta: Beta,
     bias: Option<&[f32]>,
 ) {
-    run(m, n, k, a, b, c, ldc, beta, bias, true)
+    run(m, n, k, a, &b, c, ldc, beta, bias, true)
 }
 
 /// [`sgemm`] on the calling thread only (for use inside other parallel kernels).
@@ -115,7 +115,44 @@ pub fn sgemm_serial(
     beta: Beta,
     bias: Option<&[f32]>,
 ) {
-    run(m, n, k, a, b, c, ldc, beta, bias, false)
+    run(m, n, k, a, &b, c, ldc, beta, bias, false)
+}
+
+/// A source of B that packs itself into the micro-kernel's panels: a strided matrix ([`Mat`]),
+/// or a matrix that never exists in memory, such as a convolution's im2col columns gathered
+/// straight from the input (implicit GEMM).
+pub trait PackB: Sync {
+    /// Panics unless B can serve a `k × n` product.
+    fn check(&self, k: usize, n: usize);
+    /// Writes `panel[p·NR + c] = B[p0 + p][j + c]` for `p < kc`, `c < cols ≤ NR`, zero for
+    /// `cols ≤ c < NR`.
+    fn pack(&self, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]);
+}
+
+impl PackB for Mat<'_> {
+    fn check(&self, k: usize, n: usize) {
+        Mat::check(self, "B", k, n)
+    }
+
+    fn pack(&self, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+        pack_b(*self, p0, kc, j, cols, panel)
+    }
+}
+
+/// [`sgemm`] with B from any [`PackB`] source.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with<B: PackB>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: &B,
+    c: &mut [f32],
+    ldc: usize,
+    beta: Beta,
+    bias: Option<&[f32]>,
+) {
+    run(m, n, k, a, b, c, ldc, beta, bias, true)
 }
 
 /// A raw pointer that tasks writing disjoint tiles of C may share.
@@ -126,12 +163,12 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 #[allow(clippy::too_many_arguments)]
-fn run(
+fn run<B: PackB>(
     m: usize,
     n: usize,
     k: usize,
     a: Mat,
-    b: Mat,
+    b: &B,
     c: &mut [f32],
     ldc: usize,
     beta: Beta,
@@ -168,7 +205,7 @@ fn run(
         return;
     }
     a.check("A", m, k);
-    b.check("B", k, n);
+    b.check(k, n);
     let avx512 = cpu::features().avx512f;
     let parallel = parallel && m * n * k >= PARALLEL_MIN_FMAS;
     let threads = if parallel {
@@ -177,7 +214,28 @@ fn run(
         1
     };
     let cptr = SharedMut(c.as_mut_ptr());
-    with_scratch(|[bbuf]: &mut [AlignedBuf; 1]| {
+    with_scratch(|[bbuf, abuf_all]: &mut [AlignedBuf; 2]| {
+        // With more than one column block every row block would pack the same A again for
+        // each: pack all of A once instead (block `bi`, slice `p0` at `bi·MC·k + rows·p0`).
+        let prepacked = (n > NC).then(|| {
+            let all = abuf_all.slice_mut::<f32>(m.div_ceil(MR) * MR * k);
+            let pack_block = |(bi, chunk): (usize, &mut [f32])| {
+                let (i0, mc) = (bi * MC, MC.min(m - bi * MC));
+                let rows = mc.div_ceil(MR) * MR;
+                let mut p0 = 0;
+                while p0 < k {
+                    let kc = KC.min(k - p0);
+                    pack_a(a, i0, mc, p0, kc, &mut chunk[rows * p0..rows * (p0 + kc)]);
+                    p0 += kc;
+                }
+            };
+            if parallel {
+                all.par_chunks_mut(MC * k).enumerate().for_each(pack_block);
+            } else {
+                all.chunks_mut(MC * k).enumerate().for_each(pack_block);
+            }
+            &*all
+        });
         let mut j0 = 0;
         while j0 < n {
             let nc = NC.min(n - j0);
@@ -192,11 +250,11 @@ fn run(
                         .par_chunks_exact_mut(NR * kc)
                         .enumerate()
                         .for_each(|(q, panel)| {
-                            pack_b(b, p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel)
+                            b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel)
                         });
                 } else {
                     for (q, panel) in bpack.chunks_exact_mut(NR * kc).enumerate() {
-                        pack_b(b, p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel);
+                        b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel);
                     }
                 }
                 let bpack: &[f32] = bpack;
@@ -218,10 +276,16 @@ fn run(
                     let i0 = bi * MC;
                     let mc = MC.min(m - i0);
                     let panels = g * per_group..((g + 1) * per_group).min(panels_n);
+                    let pre = prepacked.map(|all| {
+                        let rows = mc.div_ceil(MR) * MR;
+                        &all[bi * MC * k + rows * p0..bi * MC * k + rows * (p0 + kc)]
+                    });
                     with_scratch(|[abuf]: &mut [AlignedBuf; 1]| {
                         // SAFETY: the unit writes rows [i0, i0+mc) × its own column panels of
                         // C, inside C (checked above) and disjoint from every other unit's.
-                        unsafe { block(step, a, i0, mc, bpack, panels, cptr, ldc, avx512, abuf) }
+                        unsafe {
+                            block(step, a, pre, i0, mc, bpack, panels, cptr, ldc, avx512, abuf)
+                        }
                     })
                 };
                 let units = blocks_m * groups_n;
@@ -253,6 +317,7 @@ struct Step<'a> {
 unsafe fn block(
     s: Step,
     a: Mat,
+    prepacked: Option<&[f32]>,
     i0: usize,
     mc: usize,
     bpack: &[f32],
@@ -263,8 +328,14 @@ unsafe fn block(
     abuf: &mut AlignedBuf,
 ) {
     let panels_m = mc.div_ceil(MR);
-    let apack = abuf.slice_mut::<f32>(panels_m * MR * s.kc);
-    pack_a(a, i0, mc, s.p0, s.kc, apack);
+    let apack: &[f32] = match prepacked {
+        Some(p) => p,
+        None => {
+            let buf = abuf.slice_mut::<f32>(panels_m * MR * s.kc);
+            pack_a(a, i0, mc, s.p0, s.kc, buf);
+            buf
+        }
+    };
     // A's panel (MR × KC, broadcast) stays in L1 while B's panels (vector loads) stream from L2.
     for ip in 0..panels_m {
         let ii = i0 + ip * MR;
@@ -289,20 +360,16 @@ unsafe fn block(
 fn pack_a(a: Mat, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
     for (q, panel) in dst.chunks_exact_mut(MR * kc).enumerate() {
         let rows = MR.min(mc - q * MR);
+        let base = (i0 + q * MR) * a.rs + p0 * a.cs;
         if rows < MR {
             panel.fill(0.0);
         }
-        for r in 0..rows {
-            let i = i0 + q * MR + r;
-            if a.cs == 1 {
-                let src = &a.data[i * a.rs + p0..i * a.rs + p0 + kc];
-                for (p, &v) in src.iter().enumerate() {
-                    panel[p * MR + r] = v;
-                }
-            } else {
-                for p in 0..kc {
-                    panel[p * MR + r] = a.at(i, p0 + p);
-                }
+        // Depth by depth: contiguous writes; the `rows` source lines stay in L1.
+        for p in 0..kc {
+            let out = &mut panel[p * MR..p * MR + rows];
+            let src = base + p * a.cs;
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = a.data[src + r * a.rs];
             }
         }
     }

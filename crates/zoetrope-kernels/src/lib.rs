@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod buf;
+pub mod conv;
 pub mod cpu;
 pub mod gemm;
 pub mod gemm_bf16;

@@ -60,6 +60,7 @@ fn matches_reference_on_edge_and_block_sizes() {
         (113, 257, 300),
         (3, 700, 64),
         (200, 40, 513),
+        (30, 2100, 300),
         (29, 65, 0),
     ] {
         for bt in [false, true] {

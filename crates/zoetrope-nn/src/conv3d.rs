@@ -157,10 +157,21 @@ impl CausalConv3d {
 
     /// Valid (unpadded in time) convolution of an already time-padded input. A weight that is a
     /// trainable `Var` takes the im2col path, whose backward pass is fast on CPU; inference takes
-    /// the folded-taps `conv2d`.
+    /// zoetrope's implicit-GEMM kernel for f32 on the CPU ([`crate::fast::conv3d`]), the
+    /// folded-taps `conv2d` otherwise.
     fn forward_padded(&self, x: &Tensor) -> Result<Tensor> {
         if self.weight.is_variable() && x.device().is_cpu() {
             return self.im2col_padded(x);
+        }
+        if crate::fast::conv3d_kernel_supported(x, &self.weight) {
+            return crate::fast::conv3d(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.config.time_stride,
+                self.config.spatial_stride,
+                self.config.spatial_pad,
+            );
         }
         let (b, cin, tp, h, w) = x.dims5()?;
         let (cout, wcin, kt, _, _) = self.weight.dims5()?;

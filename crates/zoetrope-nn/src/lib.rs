@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod conv3d;
+pub mod fast;
 pub mod fused;
 pub mod im2col;
 pub mod metrics;

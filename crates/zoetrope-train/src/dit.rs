@@ -781,7 +781,7 @@ fn added_block(name: &str, depth: usize) -> bool {
 /// How many source patch cells make one cell of the finer patch, per axis; errors unless each
 /// axis of `old` is a whole multiple of `new`'s.
 fn patch_factors(old: [usize; 3], new: [usize; 3]) -> Result<[usize; 3]> {
-    if (0..3).any(|i| new[i] == 0 || old[i] % new[i] != 0) {
+    if (0..3).any(|i| new[i] == 0 || !old[i].is_multiple_of(new[i])) {
         candle_core::bail!(
             "cannot resize patch {old:?} to {new:?}: each axis of the new patch must divide the \
              old one (e.g. [1, 4, 4] → [1, 2, 2])"

@@ -212,7 +212,7 @@ pub fn train_vae(
         };
         model.validate()?;
         let f = model.spatial_factor() as u32;
-        if config.crop % f != 0 {
+        if !config.crop.is_multiple_of(f) {
             candle_core::bail!(
                 "crop {} is not a multiple of the VAE's spatial factor {f}",
                 config.crop

@@ -124,7 +124,7 @@ fn best_444_triple(px: [u8; 3]) -> [u8; 3] {
 /// least-squares Y' for that pixel's RGB), which cancels much of the colour
 /// bleed at sharp chroma edges for any standard decoder.
 pub(crate) fn rgb_to_420(width: usize, height: usize, rgb: &[u8]) -> Planes {
-    debug_assert!(width % 2 == 0 && height % 2 == 0);
+    debug_assert!(width.is_multiple_of(2) && height.is_multiple_of(2));
     debug_assert_eq!(rgb.len(), width * height * 3);
     let (cw, chh) = (width / 2, height / 2);
     let mut y = vec![0u8; width * height];

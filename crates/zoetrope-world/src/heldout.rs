@@ -86,8 +86,7 @@ pub fn motion_index(m: Motion) -> usize {
 /// Whether this colour, shape and motion are held out of training (see the module docs).
 pub fn is_combination_held_out(colour: Colour, shape: Shape, motion: Motion) -> bool {
     (colour_index(colour) + SHAPE_WEIGHT * shape_index(shape) + motion_index(motion))
-        % HELD_OUT_MODULUS
-        == 0
+        .is_multiple_of(HELD_OUT_MODULUS)
 }
 
 /// Whether the object's combination of colour, shape and motion is held out; its size does not

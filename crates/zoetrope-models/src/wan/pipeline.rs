@@ -76,7 +76,11 @@ impl WanRequest {
     /// The latent grid `(T, h, w)` for this request, or an error naming the allowed values.
     pub fn latent_grid(&self, patch: (usize, usize)) -> Result<(usize, usize, usize)> {
         let (sh, sw) = (VAE_SCALE_SPATIAL * patch.0, VAE_SCALE_SPATIAL * patch.1);
-        if self.width == 0 || self.height == 0 || self.width % sw != 0 || self.height % sh != 0 {
+        if self.width == 0
+            || self.height == 0
+            || !self.width.is_multiple_of(sw)
+            || !self.height.is_multiple_of(sh)
+        {
             let round = |v: usize, m: usize| ((v + m / 2) / m).max(1) * m;
             return Err(WanError::Request(format!(
                 "size {}x{} is impossible for Wan: width must be a multiple of {sw} and height a multiple of {sh}; \
@@ -87,7 +91,7 @@ impl WanRequest {
                 round(self.height, sh)
             )));
         }
-        if self.frames == 0 || (self.frames - 1) % VAE_SCALE_TEMPORAL != 0 {
+        if self.frames == 0 || !(self.frames - 1).is_multiple_of(VAE_SCALE_TEMPORAL) {
             let lower = self.frames.saturating_sub(1) / VAE_SCALE_TEMPORAL * VAE_SCALE_TEMPORAL + 1;
             return Err(WanError::Request(format!(
                 "{} frames is impossible for Wan: the frame count must be 4k+1 (1, 5, 9, …, 81); try {} or {}",

@@ -29,8 +29,10 @@ use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+use zoetrope_nn::fast::{self, Linear};
+use zoetrope_nn::fused;
 use zoetrope_nn::Checkpoint;
 
 use super::keys;
@@ -158,7 +160,7 @@ impl WanTransformerConfig {
             ));
         }
         // RoPE rotates pairs, so every part of the split must be even.
-        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+        if !self.attention_head_dim.is_multiple_of(2) || self.attention_head_dim < 6 {
             return Err(err(format!(
                 "attention_head_dim {} must be even and at least 6 for Wan's 3D RoPE",
                 self.attention_head_dim
@@ -282,16 +284,6 @@ pub fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
         out.insert(name, shape);
     }
     Ok(out)
-}
-
-/// LayerNorm over the last dim in f32, two-pass (mean, then variance of the centred values), as
-/// torch's `layer_norm`; no affine parameters (`FP32LayerNorm(elementwise_affine=False)`).
-fn layer_norm_f32(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)
 }
 
 /// `torch.nn.RMSNorm(dim)` computed in f32: `x · rsqrt(mean(x²) + eps) · weight`.
@@ -449,10 +441,10 @@ struct WanAttention {
 impl WanAttention {
     fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            to_q: candle_nn::linear(dim, dim, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(dim, dim, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(dim, dim, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: fast::linear(dim, dim, vb.pp("to_q"))?,
+            to_k: fast::linear(dim, dim, vb.pp("to_k"))?,
+            to_v: fast::linear(dim, dim, vb.pp("to_v"))?,
+            to_out: fast::linear(dim, dim, vb.pp("to_out.0"))?,
             // Not in diffusers' f32-kept modules: the weights take the model dtype (a bf16 model
             // rounds them), and the norm itself is then computed in f32.
             norm_q: vb.get(dim, "norm_q.weight")?.to_dtype(DType::F32)?,
@@ -473,6 +465,33 @@ impl WanAttention {
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         let ctx = context.unwrap_or(x);
+        if x.device().is_cpu() && fused::enabled() {
+            // zoetrope's kernels: the same computation on [B, L, heads·head_dim] tensors, with
+            // no head transposes and flash attention (no score matrix at all).
+            let q = fused::rms_norm(
+                &x.apply(&self.to_q)?.to_dtype(DType::F32)?,
+                &self.norm_q,
+                self.eps,
+            )?
+            .to_dtype(dtype)?;
+            let k = fused::rms_norm(
+                &ctx.apply(&self.to_k)?.to_dtype(DType::F32)?,
+                &self.norm_k,
+                self.eps,
+            )?
+            .to_dtype(dtype)?;
+            let v = ctx.apply(&self.to_v)?;
+            let (q, k) = match rope {
+                Some((cos, sin)) => (
+                    fast::rope_interleaved(&q, cos, sin, self.heads)?.to_dtype(dtype)?,
+                    fast::rope_interleaved(&k, cos, sin, self.heads)?.to_dtype(dtype)?,
+                ),
+                None => (q, k),
+            };
+            return fast::attention(&q, &k, &v, self.heads)?
+                .to_dtype(dtype)?
+                .apply(&self.to_out);
+        }
         let (b, lq, dim) = x.dims3()?;
         let lk = ctx.dim(1)?;
         let hd = dim / self.heads;
@@ -534,8 +553,8 @@ impl WanBlock {
             attn1: WanAttention::new(dim, heads, cfg.eps, vb.pp("attn1"))?,
             attn2: WanAttention::new(dim, heads, cfg.eps, vb.pp("attn2"))?,
             norm2,
-            ffn_in: candle_nn::linear(dim, cfg.ffn_dim, vb.pp("ffn.net.0.proj"))?,
-            ffn_out: candle_nn::linear(cfg.ffn_dim, dim, vb.pp("ffn.net.2"))?,
+            ffn_in: fast::linear(dim, cfg.ffn_dim, vb.pp("ffn.net.0.proj"))?,
+            ffn_out: fast::linear(cfg.ffn_dim, dim, vb.pp("ffn.net.2"))?,
             scale_shift_table: f32vb.get((1, 6, dim), "scale_shift_table")?,
             eps: cfg.eps,
         })
@@ -550,7 +569,6 @@ impl WanBlock {
         rope: (&Tensor, &Tensor),
         max_scores: usize,
     ) -> Result<Tensor> {
-        let dtype = x.dtype();
         // `(scale_shift_table + temb.float()).chunk(6, dim=1)`, all f32.
         let m = self.scale_shift_table.broadcast_add(modulation)?;
         let part = |i: usize| m.narrow(1, i, 1);
@@ -559,35 +577,26 @@ impl WanBlock {
 
         // 1. Self-attention: norm and modulation in f32, cast to the model dtype; the gated
         //    residual is summed in f32 (`hidden_states.float() + attn_output * gate_msa`).
-        let n = layer_norm_f32(x, self.eps)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?
-            .to_dtype(dtype)?;
+        let n = fast::layer_norm_modulate(x, &scale, &shift, self.eps)?;
         let a = self.attn1.forward(&n, None, Some(rope), max_scores)?;
-        let x = x
-            .to_dtype(DType::F32)?
-            .add(&a.to_dtype(DType::F32)?.broadcast_mul(&gate)?)?
-            .to_dtype(dtype)?;
+        let x = fast::add_gated(x, &a, &gate)?;
 
         // 2. Cross-attention: plain residual in the model dtype (no gate), no mask.
         let n = match &self.norm2 {
-            Some((w, b)) => layer_norm_f32(&x, self.eps)?
-                .broadcast_mul(w)?
-                .broadcast_add(b)?
-                .to_dtype(dtype)?,
+            Some((w, b)) => fast::layer_norm_affine(&x, w, b, self.eps)?,
             None => x.clone(),
         };
         let x = (&x + self.attn2.forward(&n, Some(context), None, max_scores)?)?;
 
         // 3. Feed-forward, GELU with tanh approximation (`gelu-approximate`).
-        let n = layer_norm_f32(&x, self.eps)?
-            .broadcast_mul(&(c_scale + 1.0)?)?
-            .broadcast_add(&c_shift)?
-            .to_dtype(dtype)?;
-        let ff = n.apply(&self.ffn_in)?.gelu()?.apply(&self.ffn_out)?;
-        x.to_dtype(DType::F32)?
-            .add(&ff.to_dtype(DType::F32)?.broadcast_mul(&c_gate)?)?
-            .to_dtype(dtype)
+        let n = fast::layer_norm_modulate(&x, &c_scale, &c_shift, self.eps)?;
+        let h = n.apply(&self.ffn_in)?;
+        let h = if h.dtype() == DType::F32 {
+            fused::gelu_tanh(&h)?
+        } else {
+            h.gelu()?
+        };
+        fast::add_gated(&x, &h.apply(&self.ffn_out)?, &c_gate)
     }
 }
 
@@ -612,9 +621,8 @@ pub struct WanTransformer3DModel {
     cfg: WanTransformerConfig,
     dtype: DType,
     device: Device,
-    /// Conv3d weight flattened to `[dim, C·pt·ph·pw]`.
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    /// Conv3d weight flattened to `[dim, C·pt·ph·pw]`, as a linear layer over patches.
+    patch_embedding: Linear,
     /// `time_embedder.linear_1/2`, kept f32.
     time_linear_1: Linear,
     time_linear_2: Linear,
@@ -645,6 +653,7 @@ impl WanTransformer3DModel {
             .get((dim, cfg.in_channels, pt, ph, pw), "patch_embedding.weight")?
             .reshape((dim, patch_in))?;
         let patch_bias = vb.get(dim, "patch_embedding.bias")?;
+        let patch_embedding = Linear::new(patch_weight, Some(patch_bias))?;
         let ce = vb.pp("condition_embedder");
         let ce32 = f32vb.pp("condition_embedder");
         let blocks = (0..cfg.num_layers)
@@ -654,15 +663,14 @@ impl WanTransformer3DModel {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            patch_weight,
-            patch_bias,
-            time_linear_1: candle_nn::linear(cfg.freq_dim, dim, ce32.pp("time_embedder.linear_1"))?,
-            time_linear_2: candle_nn::linear(dim, dim, ce32.pp("time_embedder.linear_2"))?,
-            time_proj: candle_nn::linear(dim, 6 * dim, ce.pp("time_proj"))?,
-            text_linear_1: candle_nn::linear(cfg.text_dim, dim, ce.pp("text_embedder.linear_1"))?,
-            text_linear_2: candle_nn::linear(dim, dim, ce.pp("text_embedder.linear_2"))?,
+            patch_embedding,
+            time_linear_1: fast::linear(cfg.freq_dim, dim, ce32.pp("time_embedder.linear_1"))?,
+            time_linear_2: fast::linear(dim, dim, ce32.pp("time_embedder.linear_2"))?,
+            time_proj: fast::linear(dim, 6 * dim, ce.pp("time_proj"))?,
+            text_linear_1: fast::linear(cfg.text_dim, dim, ce.pp("text_embedder.linear_1"))?,
+            text_linear_2: fast::linear(dim, dim, ce.pp("text_embedder.linear_2"))?,
             blocks,
-            proj_out: candle_nn::linear(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
+            proj_out: fast::linear(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
             scale_shift_table: f32vb.get((1, 2, dim), "scale_shift_table")?,
             rope: Rope3d::new(cfg),
             max_scores: DEFAULT_ATTENTION_CHUNK_ELEMENTS,
@@ -817,8 +825,7 @@ impl WanTransformer3DModel {
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
             .contiguous()?
             .reshape((b, gf * gh * gw, c * pt * ph * pw))?
-            .broadcast_matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)
+            .apply(&self.patch_embedding)
     }
 
     /// RoPE tables for a patch grid as the reference builds them (`WanRotaryPosEmbed`): `(cos,
@@ -913,11 +920,8 @@ impl WanTransformer3DModel {
             .scale_shift_table
             .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
         let (shift, scale) = (ss.narrow(1, 0, 1)?, ss.narrow(1, 1, 1)?);
-        let x = layer_norm_f32(&x, self.cfg.eps)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?
-            .to_dtype(self.dtype)?
-            .apply(&self.proj_out)?;
+        let x =
+            fast::layer_norm_modulate(&x, &scale, &shift, self.cfg.eps)?.apply(&self.proj_out)?;
 
         // Unpatchify: [B, L, pt·ph·pw·C] → [B, C, F, H, W]; the channel is the fastest axis of
         // proj_out's output (reshape to (..., pt, ph, pw, C) then permute 0,7,1,4,2,5,3,6).

@@ -19,10 +19,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 use zoetrope_nn::conv3d::{CausalConv3d, Conv3dConfig};
+use zoetrope_nn::fast;
 
 /// Frames each causal conv keeps from the previous chunk (diffusers' `CACHE_T`).
 const CACHE_T: usize = 2;
@@ -305,7 +306,7 @@ impl AttnBlock {
         let (b, c, _, h, w) = x.dims5()?;
         let xf = frames_to_batch(x)?;
         let bt = xf.dim(0)?;
-        let qkv = self.to_qkv.forward(&self.norm.forward(&xf)?)?;
+        let qkv = fast::conv2d(&self.norm.forward(&xf)?, &self.to_qkv)?;
         // [BT, 3C, HW] -> [BT, HW, 3C]; q, k, v are consecutive channel thirds.
         let qkv = qkv.reshape((bt, 3 * c, h * w))?.transpose(1, 2)?;
         let q = qkv.narrow(2, 0, c)?.contiguous()?;
@@ -316,7 +317,7 @@ impl AttnBlock {
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?; // [BT, HW, C]
         let y = y.transpose(1, 2)?.reshape((bt, c, h, w))?;
-        let y = self.proj.forward(&y)?;
+        let y = fast::conv2d(&y, &self.proj)?;
         batch_to_frames(&y, b)? + x
     }
 }
@@ -448,12 +449,12 @@ impl Resample {
                 // nearest-exact ×2 is plain pixel duplication for an integer factor.
                 let (_, _, h, w) = xf.dims4()?;
                 let up = xf.upsample_nearest2d(2 * h, 2 * w)?;
-                self.conv.forward(&up)?
+                fast::conv2d(&up, &self.conv)?
             }
             ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
                 // ZeroPad2d((0, 1, 0, 1)): one zero column on the right, one zero row at the bottom.
                 let padded = xf.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
-                self.conv.forward(&padded)?
+                fast::conv2d(&padded, &self.conv)?
             }
         };
         let mut x = batch_to_frames(&yf, b)?;

@@ -207,20 +207,20 @@ impl WorldDitConfig {
                 self.patch
             )));
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             return Err(err(format!(
                 "world DiT config: dim {} is not a multiple of heads {}",
                 self.dim, self.heads
             )));
         }
         let hd = self.head_dim();
-        if hd % 2 != 0 || hd < 6 {
+        if !hd.is_multiple_of(2) || hd < 6 {
             return Err(err(format!(
                 "world DiT config: head size dim/heads = {hd} must be even and at least 6 \
                  (3D RoPE rotates pairs over three axes)"
             )));
         }
-        if self.freq_dim % 2 != 0 {
+        if !self.freq_dim.is_multiple_of(2) {
             return Err(err(format!(
                 "world DiT config: freq_dim {} must be even",
                 self.freq_dim
@@ -291,7 +291,7 @@ pub fn patch_grid(size: [usize; 3], patch: [usize; 3]) -> Result<[usize; 3]> {
     }
     let names = ["frames", "height", "width"];
     let bad: Vec<String> = (0..3)
-        .filter(|&i| size[i] == 0 || size[i] % patch[i] != 0)
+        .filter(|&i| size[i] == 0 || !size[i].is_multiple_of(patch[i]))
         .map(|i| {
             format!(
                 "{} {} is not a multiple of {} (allowed: {})",

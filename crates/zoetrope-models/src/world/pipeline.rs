@@ -367,7 +367,12 @@ impl WorldPipeline {
         let d = &self.model.manifest.defaults;
         let max_area = (MAX_INPUT_AREA_FACTOR * d.width * d.height) as f64;
         let area = (width.max(1) * height.max(1)) as f64;
-        if width > 0 && height > 0 && width % mw == 0 && height % mh == 0 && area <= max_area {
+        if width > 0
+            && height > 0
+            && width.is_multiple_of(mw)
+            && height.is_multiple_of(mh)
+            && area <= max_area
+        {
             return (width, height);
         }
         let scale = if area > max_area {
@@ -385,7 +390,7 @@ impl WorldPipeline {
     /// values.
     pub fn latent_grid(&self, width: usize, height: usize, frames: usize) -> Result<[usize; 3]> {
         let (mw, mh) = self.size_multiples();
-        if width == 0 || height == 0 || width % mw != 0 || height % mh != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(mw) || !height.is_multiple_of(mh) {
             let round = |v: usize, m: usize| ((v + m / 2) / m).max(1) * m;
             let rule = if mw == mh {
                 format!("width and height must be multiples of {mw}")
@@ -402,7 +407,9 @@ impl WorldPipeline {
         }
         let f = self.temporal_factor();
         let pt = self.model.manifest.dit.patch[0];
-        let latents_ok = frames > 0 && (frames - 1) % f == 0 && (1 + (frames - 1) / f) % pt == 0;
+        let latents_ok = frames > 0
+            && (frames - 1).is_multiple_of(f)
+            && (1 + (frames - 1) / f).is_multiple_of(pt);
         if !latents_ok {
             let below = self.frames_at_most(frames.max(1));
             let above = self

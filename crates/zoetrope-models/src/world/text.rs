@@ -353,7 +353,7 @@ impl WorldTextConfig {
                 self.vocab_size
             )));
         }
-        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
+        if self.dim == 0 || self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(err(format!(
                 "world text config: dim {} must be a positive multiple of heads {}",
                 self.dim, self.heads
@@ -363,7 +363,7 @@ impl WorldTextConfig {
             return Err(err("world text config: max_len must be at least 2"));
         }
         if let Some(theta) = self.rope_theta {
-            if (self.dim / self.heads) % 2 != 0 || !(theta.is_finite() && theta > 1.0) {
+            if !((self.dim / self.heads).is_multiple_of(2) && theta.is_finite() && theta > 1.0) {
                 return Err(err(format!(
                     "world text config: rotary positions need an even head width (dim {} / heads \
                      {}) and rope_theta > 1 (got {theta})",

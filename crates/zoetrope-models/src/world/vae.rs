@@ -145,7 +145,7 @@ impl WorldVaeConfig {
     /// allowed counts.
     pub fn latent_frames(&self, frames: usize) -> Result<usize> {
         let f = self.temporal_factor();
-        if frames == 0 || (frames - 1) % f != 0 {
+        if frames == 0 || !(frames - 1).is_multiple_of(f) {
             let below = if frames == 0 {
                 1
             } else {

@@ -1,0 +1,747 @@
+//! Inference layers on zoetrope's own CPU kernels ([`zoetrope_kernels`]), with candle's ops as
+//! the path everywhere else (CUDA, dtypes the kernels don't take, or with the kernels switched
+//! off by `ZOETROPE_COMPOSITE_OPS=1` / [`crate::fused::set_enabled`]).
+//!
+//! - [`Linear`]: f32 weights through the packed AVX-512 GEMM (bias added in the GEMM's
+//!   epilogue); bf16 weights packed once at load into AMX tiles and the original dropped (no
+//!   extra memory), the product accumulated in f32 with the bias added before the single
+//!   rounding of the output (as torch's bf16 `addmm`).
+//! - [`attention`]: flash attention on `[B, L, H·d]` tensors, no head transposes, no score
+//!   matrix.
+//! - [`layer_norm_modulate`], [`layer_norm_affine`], [`add_gated`], [`rope_interleaved`]: one
+//!   pass each over the rows instead of five to eight candle ops.
+//!
+//! None of these has a backward: they serve sampling. Training keeps [`crate::fused`].
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
+};
+use candle_nn::VarBuilder;
+use half::bf16;
+use rayon::prelude::*;
+use zoetrope_kernels::attention::{self as flash, Heads};
+use zoetrope_kernels::gemm::{self, Beta, Mat};
+use zoetrope_kernels::gemm_bf16::{self, PackedB};
+use zoetrope_kernels::rows;
+
+/// Whether the kernels serve a tensor on `device` (CPU, and not switched off).
+fn kernels_on(t: &Tensor) -> bool {
+    t.device().is_cpu() && crate::fused::enabled()
+}
+
+/// A contiguous tensor's elements as a slice of `T`.
+fn slice<'a, T: candle_core::WithDType>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// `y = x·Wᵀ + b` for `x [..., in]`, `W [out, in]`. See the module docs for the paths.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`; `None` once packed for AMX (the packed copy replaces it).
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    bias_f32: Option<Arc<Vec<f32>>>,
+    packed: Option<Arc<PackedB>>,
+    in_dim: usize,
+    out_dim: usize,
+    dtype: DType,
+}
+
+/// `candle_nn::linear`'s contract (weight `[out, in]` and bias `[out]` under `vb`) on
+/// [`Linear`].
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get((out_dim, in_dim), "weight")?;
+    let b = vb.get(out_dim, "bias")?;
+    Linear::new(w, Some(b))
+}
+
+/// [`linear`] without a bias.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get((out_dim, in_dim), "weight")?;
+    Linear::new(w, None)
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let dtype = weight.dtype();
+        let bias_f32 = match &bias {
+            Some(b) if weight.device().is_cpu() => Some(Arc::new(
+                b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            )),
+            _ => None,
+        };
+        let mut layer = Self {
+            weight: Some(weight),
+            bias,
+            bias_f32,
+            packed: None,
+            in_dim,
+            out_dim,
+            dtype,
+        };
+        let w = layer.weight.as_ref().expect("just set");
+        if dtype == DType::BF16 && w.device().is_cpu() && gemm_bf16::amx_available() {
+            let data = w.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
+            layer.packed = Some(Arc::new(PackedB::pack(in_dim, out_dim, &data, 1, in_dim)));
+            layer.weight = None;
+        }
+        Ok(layer)
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// The weight `[out, in]` (rebuilt from the packed copy when the layer holds only that).
+    pub fn weight(&self) -> Result<Tensor> {
+        match (&self.weight, &self.packed) {
+            (Some(w), _) => Ok(w.clone()),
+            (None, Some(p)) => {
+                let eye = Tensor::eye(self.in_dim, DType::BF16, &candle_core::Device::Cpu)?;
+                // Rows of I·Wᵀ are the columns of Wᵀ: [in, out]; transpose back.
+                let mut out = vec![bf16::ZERO; self.in_dim * self.out_dim];
+                let eye = eye.flatten_all()?.to_vec1::<bf16>()?;
+                gemm_bf16::gemm(
+                    self.in_dim,
+                    &eye,
+                    self.in_dim,
+                    p,
+                    &mut out,
+                    self.out_dim,
+                    None,
+                );
+                Tensor::from_vec(out, (self.in_dim, self.out_dim), &candle_core::Device::Cpu)?
+                    .t()?
+                    .contiguous()
+            }
+            (None, None) => unreachable!("a Linear holds its weight in one form"),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let last = x.dims().last().copied().unwrap_or(0);
+        if last != self.in_dim {
+            candle_core::bail!(
+                "linear: input {:?} does not end in the layer's {} inputs",
+                x.dims(),
+                self.in_dim
+            );
+        }
+        if let Some(packed) = &self.packed {
+            if x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F32) {
+                let op = LinearAmx {
+                    packed,
+                    bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
+                };
+                return x.contiguous()?.apply_op1_no_bwd(&op);
+            }
+        }
+        let w = match &self.weight {
+            Some(w) => w.clone(),
+            None => self.weight()?,
+        };
+        if kernels_on(x) && x.dtype() == DType::F32 && self.dtype == DType::F32 {
+            let op = LinearF32 {
+                bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
+            };
+            return x.contiguous()?.apply_op2_no_bwd(&w, &op);
+        }
+        // candle_nn::Linear's computation.
+        let y = match *x.dims() {
+            [b1, b2, _, _] => x.matmul(&w.broadcast_left((b1, b2))?.t()?)?,
+            [bsize, _, _] => x.matmul(&w.broadcast_left(bsize)?.t()?)?,
+            _ => x.matmul(&w.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn out_shape(x: &Layout, out_dim: usize) -> Shape {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = out_dim;
+    Shape::from(dims)
+}
+
+struct LinearF32<'a> {
+    bias: Option<&'a [f32]>,
+}
+
+impl CustomOp2 for LinearF32<'_> {
+    fn name(&self) -> &'static str {
+        "zoetrope-linear-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice::<f32>("linear", xs, xl)?;
+        let (out_dim, in_dim) = wl.shape().dims2()?;
+        let w: &[f32] = match wl.contiguous_offsets() {
+            Some((a, b)) => &ws.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("linear: weight must be contiguous"),
+        };
+        let m = x.len() / in_dim.max(1);
+        let mut y = vec![0f32; m * out_dim];
+        gemm::sgemm(
+            m,
+            out_dim,
+            in_dim,
+            Mat::rows(x, in_dim),
+            Mat::transposed(w, in_dim),
+            &mut y,
+            out_dim,
+            Beta::Overwrite,
+            self.bias,
+        );
+        Ok((CpuStorage::F32(y), out_shape(xl, out_dim)))
+    }
+}
+
+struct LinearAmx<'a> {
+    packed: &'a PackedB,
+    bias: Option<&'a [f32]>,
+}
+
+impl CustomOp1 for LinearAmx<'_> {
+    fn name(&self) -> &'static str {
+        "zoetrope-linear-bf16"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.packed.k(), self.packed.n());
+        let m = l.shape().elem_count() / k.max(1);
+        let mut y = vec![bf16::ZERO; m * n];
+        match s {
+            CpuStorage::BF16(_) => {
+                let x = slice::<bf16>("linear", s, l)?;
+                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias);
+            }
+            CpuStorage::F32(_) => {
+                let x = slice::<f32>("linear", s, l)?;
+                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias);
+            }
+            _ => candle_core::bail!("linear: bf16 layer got a {:?} input", s.dtype()),
+        }
+        Ok((CpuStorage::BF16(y), out_shape(l, n)))
+    }
+}
+
+/// Unmasked scaled dot-product attention, `softmax(q·kᵀ/√d)·v` per head, for `q [B, Lq, H·d]`,
+/// `k, v [B, Lk, H·d]`; returns `[B, Lq, H·d]` in f32. Off the kernels' path it is the plain
+/// composite in f32 (heads transposed, full score matrix).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, lq, width) = q.dims3()?;
+    let (bk, lk, wk) = k.dims3()?;
+    if bk != b || wk != width || v.dims() != k.dims() || heads == 0 || width % heads != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let k = k.to_dtype(DType::F32)?.contiguous()?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
+    if kernels_on(&q) {
+        return q.apply_op3_no_bwd(&k, &v, &Flash { heads });
+    }
+    let d = width / heads;
+    let split = |t: &Tensor, l: usize| t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous();
+    let (qh, kh, vh) = (split(&q, lq)?, split(&k, lk)?, split(&v, lk)?);
+    let scores = (qh.matmul(&kh.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(&vh)?
+        .transpose(1, 2)?
+        .reshape((b, lq, width))
+}
+
+struct Flash {
+    heads: usize,
+}
+
+impl CustomOp3 for Flash {
+    fn name(&self) -> &'static str {
+        "zoetrope-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, lq, width) = ql.shape().dims3()?;
+        let lk = kl.shape().dims3()?.1;
+        let d = width / self.heads;
+        let q = slice::<f32>("attention", qs, ql)?;
+        let k = slice::<f32>("attention", ks, kl)?;
+        let v = slice::<f32>("attention", vs, vl)?;
+        let mut out = vec![0f32; b * lq * width];
+        let shape = flash::Shape {
+            batch: b,
+            heads: self.heads,
+            q_len: lq,
+            kv_len: lk,
+            head_dim: d,
+        };
+        flash::attention(
+            Heads::tokens_major(q, lq, self.heads, d),
+            Heads::tokens_major(k, lk, self.heads, d),
+            Heads::tokens_major(v, lk, self.heads, d),
+            &mut out,
+            shape,
+            1.0 / (d as f32).sqrt(),
+        );
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
+/// Rows of `x [B, L, D]` (f32 or bf16) as f32, handed to `f(batch, row_in, row_out)` in parallel;
+/// the result has `x`'s dtype (rounded once from f32).
+fn map_rows(
+    op: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let dims = l.dims();
+    let (d, rows_per_batch) = match *dims {
+        [_, l_, d] => (d, l_),
+        _ => candle_core::bail!("{op}: input must be [B, L, D], got {dims:?}"),
+    };
+    let run = |x: &[f32], out: &mut [f32]| {
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .enumerate()
+            .for_each(|(r, (o, xr))| f(r / rows_per_batch.max(1), xr, o));
+    };
+    match s {
+        CpuStorage::F32(_) => {
+            let x = slice::<f32>(op, s, l)?;
+            let mut out = vec![0f32; x.len()];
+            run(x, &mut out);
+            Ok((CpuStorage::F32(out), l.shape().clone()))
+        }
+        CpuStorage::BF16(_) => {
+            let x = slice::<bf16>(op, s, l)?;
+            let mut out = vec![bf16::ZERO; x.len()];
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .enumerate()
+                .for_each(|(r, (o, xr))| {
+                    let xf: Vec<f32> = xr.iter().map(|v| v.to_f32()).collect();
+                    let mut of = vec![0f32; d];
+                    f(r / rows_per_batch.max(1), &xf, &mut of);
+                    o.iter_mut()
+                        .zip(&of)
+                        .for_each(|(o, &v)| *o = bf16::from_f32(v));
+                });
+            Ok((CpuStorage::BF16(out), l.shape().clone()))
+        }
+        _ => candle_core::bail!("{op}: f32 or bf16 input expected, got {:?}", s.dtype()),
+    }
+}
+
+/// Per-batch rows `[B or 1, 1, D]` of an f32 table, as `B` (or 1) slices.
+fn table_rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout, d: usize) -> Result<&'a [f32]> {
+    let t = slice::<f32>(op, s, l)?;
+    if t.len() % d != 0 {
+        candle_core::bail!("{op}: modulation {:?} does not have rows of {d}", l.dims());
+    }
+    Ok(t)
+}
+
+fn row_of(t: &[f32], b: usize, d: usize) -> &[f32] {
+    let n = t.len() / d;
+    let b = if n == 1 { 0 } else { b };
+    &t[b * d..(b + 1) * d]
+}
+
+fn check_modulation(x: &Tensor, t: &Tensor, what: &str) -> Result<()> {
+    let (b, _, d) = x.dims3()?;
+    let ok = matches!(*t.dims(), [tb, 1, td] if td == d && (tb == b || tb == 1));
+    if !ok || t.dtype() != DType::F32 {
+        candle_core::bail!(
+            "{what}: {:?} must be f32 [B or 1, 1, {d}] for x {:?}",
+            t.dims(),
+            x.dims()
+        );
+    }
+    Ok(())
+}
+
+/// adaLN: `LayerNorm(x)·(1 + scale) + shift` in f32, the result in `x`'s dtype; `x [B, L, D]`
+/// (f32 or bf16), `scale`, `shift` f32 `[B or 1, 1, D]`.
+pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
+    check_modulation(x, scale, "layer_norm_modulate")?;
+    check_modulation(x, shift, "layer_norm_modulate")?;
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return x.contiguous()?.apply_op3_no_bwd(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            &LnModulate { eps: eps as f32 },
+        );
+    }
+    let dtype = x.dtype();
+    composite_layer_norm(x, eps)?
+        .broadcast_mul(&(scale + 1.0)?)?
+        .broadcast_add(shift)?
+        .to_dtype(dtype)
+}
+
+/// LayerNorm without affine parameters in f32 (two-pass, as torch's `layer_norm`).
+fn composite_layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+    xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)
+}
+
+struct LnModulate {
+    eps: f32,
+}
+
+impl CustomOp3 for LnModulate {
+    fn name(&self) -> &'static str {
+        "zoetrope-layer-norm-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+        hs: &CpuStorage,
+        hl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = *xl.dims().last().expect("rank 3");
+        let scale = table_rows("layer_norm_modulate", ss, sl, d)?;
+        let shift = table_rows("layer_norm_modulate", hs, hl, d)?;
+        map_rows("layer_norm_modulate", xs, xl, |b, x, out| {
+            rows::layer_norm_modulate(x, self.eps, row_of(scale, b, d), row_of(shift, b, d), out)
+        })
+    }
+}
+
+/// `LayerNorm(x)·weight + bias` in f32 with `weight`, `bias` f32 `[D]`; result in `x`'s dtype.
+pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dims3()?.2;
+    if weight.dims() != [d]
+        || bias.dims() != [d]
+        || weight.dtype() != DType::F32
+        || bias.dtype() != DType::F32
+    {
+        candle_core::bail!("layer_norm_affine: weight and bias must be f32 [{d}]");
+    }
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(weight, bias, &LnAffine { eps: eps as f32 });
+    }
+    let dtype = x.dtype();
+    composite_layer_norm(x, eps)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)?
+        .to_dtype(dtype)
+}
+
+struct LnAffine {
+    eps: f32,
+}
+
+impl CustomOp3 for LnAffine {
+    fn name(&self) -> &'static str {
+        "zoetrope-layer-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let w = slice::<f32>("layer_norm_affine", ws, wl)?;
+        let b = slice::<f32>("layer_norm_affine", bs, bl)?;
+        map_rows("layer_norm_affine", xs, xl, |_, x, out| {
+            rows::layer_norm_affine(x, self.eps, w, b, out)
+        })
+    }
+}
+
+/// Gated residual `(x + y·gate)` in f32, the result in `x`'s dtype: `x, y [B, L, D]` (same
+/// dtype), `gate` f32 `[B or 1, 1, D]`.
+pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    check_modulation(x, gate, "add_gated")?;
+    if x.dims() != y.dims() || x.dtype() != y.dtype() {
+        candle_core::bail!("add_gated: x {:?} and y {:?} differ", x.dims(), y.dims());
+    }
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(&y.contiguous()?, &gate.contiguous()?, &AddGated);
+    }
+    let dtype = x.dtype();
+    x.to_dtype(DType::F32)?
+        .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
+        .to_dtype(dtype)
+}
+
+struct AddGated;
+
+impl CustomOp3 for AddGated {
+    fn name(&self) -> &'static str {
+        "zoetrope-add-gated"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = *xl.dims().last().expect("rank 3");
+        let gate = table_rows("add_gated", gs, gl, d)?;
+        let rows_per_batch = xl.dims()[1].max(1);
+        match ys {
+            CpuStorage::F32(_) => {
+                let x = slice::<f32>("add_gated", xs, xl)?;
+                let y = slice::<f32>("add_gated", ys, yl)?;
+                let mut out = x.to_vec();
+                out.par_chunks_mut(d)
+                    .zip(y.par_chunks(d))
+                    .enumerate()
+                    .for_each(|(r, (o, yr))| {
+                        rows::add_gated(o, yr, row_of(gate, r / rows_per_batch, d))
+                    });
+                Ok((CpuStorage::F32(out), xl.shape().clone()))
+            }
+            CpuStorage::BF16(_) => {
+                let x = slice::<bf16>("add_gated", xs, xl)?;
+                let y = slice::<bf16>("add_gated", ys, yl)?;
+                let mut out = vec![bf16::ZERO; x.len()];
+                out.par_chunks_mut(d)
+                    .zip(x.par_chunks(d).zip(y.par_chunks(d)))
+                    .enumerate()
+                    .for_each(|(r, (o, (xr, yr)))| {
+                        let g = row_of(gate, r / rows_per_batch, d);
+                        for (((o, xv), yv), gv) in o.iter_mut().zip(xr).zip(yr).zip(g) {
+                            *o = bf16::from_f32(xv.to_f32() + yv.to_f32() * gv);
+                        }
+                    });
+                Ok((CpuStorage::BF16(out), xl.shape().clone()))
+            }
+            _ => candle_core::bail!("add_gated: f32 or bf16 expected"),
+        }
+    }
+}
+
+/// Interleaved rotary embedding on `x [B, L, H·d]` in f32 (pairs `(x[2i], x[2i+1])` of every
+/// head rotated by the angle of `cos/sin [L, d/2]`); the result in f32.
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, width) = x.dims3()?;
+    let d = width / heads.max(1);
+    if heads == 0 || width % heads != 0 || cos.dims() != [l, d / 2] || sin.dims() != [l, d / 2] {
+        candle_core::bail!(
+            "rope: x {:?} with {heads} heads does not fit cos {:?}",
+            x.dims(),
+            cos.dims()
+        );
+    }
+    let x = x.to_dtype(DType::F32)?;
+    if kernels_on(&x) {
+        return x.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &Rope { heads },
+        );
+    }
+    let xh = x.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?;
+    candle_nn::rotary_emb::rope_i(&xh, cos, sin)?
+        .transpose(1, 2)?
+        .reshape((b, l, width))
+}
+
+struct Rope {
+    heads: usize,
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "zoetrope-rope-interleaved"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, l, width) = xl.shape().dims3()?;
+        let half = width / self.heads / 2;
+        let x = slice::<f32>("rope", xs, xl)?;
+        let cos = slice::<f32>("rope", cs, cl)?;
+        let sin = slice::<f32>("rope", ss, sl)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(width)
+            .zip(x.par_chunks(width))
+            .enumerate()
+            .for_each(|(r, (o, xr))| {
+                let t = r % l;
+                let (c, s) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for (oh, xh) in o.chunks_exact_mut(2 * half).zip(xr.chunks_exact(2 * half)) {
+                    for i in 0..half {
+                        let (x0, x1) = (xh[2 * i], xh[2 * i + 1]);
+                        oh[2 * i] = x0 * c[i] - x1 * s[i];
+                        oh[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// 3D convolution, valid in time and zero-padded by `pad` in space: `x [B, Cin, T, H, W]`,
+/// `weight [Cout, Cin, kt, kh, kw]`, `bias [Cout]` → `[B, Cout, T', H', W']`, on the implicit-GEMM
+/// kernel for f32 on the CPU (no im2col buffer), candle's `conv2d` per folded tap otherwise
+/// (through [`crate::conv3d::CausalConv3d`], which calls this).
+pub fn conv3d_kernel_supported(x: &Tensor, weight: &Tensor) -> bool {
+    kernels_on(x) && x.dtype() == DType::F32 && weight.dtype() == DType::F32
+}
+
+/// The kernel path of a valid-in-time 3D convolution; see [`conv3d_kernel_supported`].
+pub fn conv3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    time_stride: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let (b, cin, t, h, w) = x.dims5()?;
+    let (cout, wcin, kt, kh, kw) = weight.dims5()?;
+    if cin != wcin {
+        candle_core::bail!("conv3d: input has {cin} channels, weight expects {wcin}");
+    }
+    let shape = zoetrope_kernels::conv::Conv3d {
+        batch: b,
+        cin,
+        t,
+        h,
+        w,
+        cout,
+        kernel: [kt, kh, kw],
+        time_stride,
+        stride,
+        pad,
+    };
+    if shape.out_dims().is_none() {
+        candle_core::bail!(
+            "conv3d: input {:?} (pad {pad}) is smaller than the kernel {kt}x{kh}x{kw}",
+            x.dims()
+        );
+    }
+    let bias = match bias {
+        Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        None => None,
+    };
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &Conv { shape, bias })
+}
+
+struct Conv {
+    shape: zoetrope_kernels::conv::Conv3d,
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "zoetrope-conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice::<f32>("conv3d", xs, xl)?;
+        let w = slice::<f32>("conv3d", ws, wl)?;
+        let s = self.shape;
+        let (to, ho, wo) = s.out_dims().expect("checked by conv3d");
+        let mut out = vec![0f32; s.batch * s.cout * to * ho * wo];
+        zoetrope_kernels::conv::conv3d(x, w, self.bias.as_deref(), s, &mut out);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((s.batch, s.cout, to, ho, wo)),
+        ))
+    }
+}
+
+/// `conv.forward(x)` for `x [N, C, H, W]`, on the convolution kernel when it serves (groups
+/// and dilation 1), else candle's.
+pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
+    let cfg = conv.config();
+    if !conv3d_kernel_supported(x, conv.weight()) || cfg.groups != 1 || cfg.dilation != 1 {
+        return conv.forward(x);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let (cout, cin, kh, kw) = conv.weight().dims4()?;
+    let y = conv3d(
+        &x.reshape((n, c, 1, h, w))?,
+        &conv.weight().reshape((cout, cin, 1, kh, kw))?,
+        conv.bias(),
+        1,
+        cfg.stride,
+        cfg.padding,
+    )?;
+    let (_, _, _, ho, wo) = y.dims5()?;
+    y.reshape((n, cout, ho, wo))
+}
