@@ -2,7 +2,7 @@
 //! gemm_bf16_speed -- M N K [runs]` (weight `[N, K]` packed once, bf16 activations in and out).
 use half::bf16;
 use std::time::Instant;
-use zoetrope_kernels::gemm_bf16::{self, PackedB};
+use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -18,7 +18,7 @@ fn main() {
     let mut times = Vec::new();
     for _ in 0..runs + 1 {
         let t = Instant::now();
-        gemm_bf16::gemm(m, &a, k, &packed, &mut c, n, None);
+        gemm_bf16::gemm(m, &a, k, &packed, &mut c, n, None, Activation::None);
         times.push(t.elapsed().as_secs_f64());
     }
     times.remove(0);

@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::buf::{with_scratch, AlignedBuf};
 use crate::gemm::{self, Beta, Mat, PackB, NR};
 
 /// Sizes of one convolution. `t` is the input length *after* any causal padding (the
@@ -48,19 +49,52 @@ impl Conv3d {
     }
 }
 
+/// Consecutive stretches of input frames: `data` is `[B, Cin, frames, H, W]`, or `None` for
+/// zero frames. A causal conv's input is `[zeros | cached frames | chunk]` without ever being
+/// concatenated.
+#[derive(Clone, Copy, Debug)]
+pub struct Part<'a> {
+    pub data: Option<&'a [f32]>,
+    pub frames: usize,
+}
+
 /// Runs the convolution: `x [B, Cin, T, H, W]`, `weight [Cout, Cin, kt, kh, kw]` (both
 /// contiguous), `out [B, Cout, T', H', W']`.
 pub fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: Conv3d, out: &mut [f32]) {
+    let parts = [Part {
+        data: Some(x),
+        frames: s.t,
+    }];
+    conv3d_parts(&parts, weight, bias, s, out)
+}
+
+/// [`conv3d`] over the frames of `parts` in order (their frame counts add up to `s.t`).
+pub fn conv3d_parts(
+    parts: &[Part],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: Conv3d,
+    out: &mut [f32],
+) {
     let (to, ho, wo) = s
         .out_dims()
         .unwrap_or_else(|| panic!("conv3d: kernel {:?} does not fit input {s:?}", s.kernel));
     let [kt, kh, kw] = s.kernel;
     let k = s.k();
     assert_eq!(
-        x.len(),
-        s.batch * s.cin * s.t * s.h * s.w,
-        "conv3d: input size"
+        parts.iter().map(|p| p.frames).sum::<usize>(),
+        s.t,
+        "conv3d: parts' frames"
     );
+    for p in parts {
+        if let Some(d) = p.data {
+            assert_eq!(
+                d.len(),
+                s.batch * s.cin * p.frames * s.h * s.w,
+                "conv3d: input part size"
+            );
+        }
+    }
     assert_eq!(weight.len(), s.cout * k, "conv3d: weight size");
     assert_eq!(
         out.len(),
@@ -71,46 +105,74 @@ pub fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: Conv3d, out: &
         assert_eq!(b.len(), s.cout, "conv3d: bias size");
     }
     let plane_out = ho * wo;
-    let frame_in = s.cin * s.t * s.h * s.w;
     let a = Mat::rows(weight, k);
-    if s.stride == 1 {
-        let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+    // Frame `tt` of channel `ci` of batch item `b`: its source plane, or None for zeros.
+    let source = |b: usize, ci: usize, mut tt: usize| -> Option<&[f32]> {
+        for p in parts {
+            if tt < p.frames {
+                let hw = s.h * s.w;
+                return p.data.map(|d| {
+                    &d[((b * s.cin + ci) * p.frames + tt) * hw
+                        ..((b * s.cin + ci) * p.frames + tt + 1) * hw]
+                });
+            }
+            tt -= p.frames;
+        }
+        unreachable!("frame index checked against s.t")
+    };
+    if s.stride != 1 {
+        // Gather path: one contiguous copy of the input, then element-wise packing.
+        let hw = s.h * s.w;
+        let mut x = vec![0f32; s.batch * s.cin * s.t * hw];
+        for (idx, plane) in x.chunks_mut(hw).enumerate() {
+            let (bc, tt) = (idx / s.t, idx % s.t);
+            if let Some(src) = source(bc / s.cin, bc % s.cin, tt) {
+                plane.copy_from_slice(src);
+            }
+        }
+        return gather_conv(&x, a, bias, s, out, (to, ho, wo));
+    }
+    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+    let grid = ho * wp;
+    with_scratch(|[xbuf, cbuf]: &mut [AlignedBuf; 2]| {
         // Padded input plus `kw` zeros so the last run of the last tap stays in bounds.
-        let mut xpad = vec![0f32; s.cin * s.t * hp * wp + kw];
-        let grid = ho * wp;
-        let mut cbuf = vec![0f32; s.cout * grid];
+        let xlen = s.cin * s.t * hp * wp;
+        let xpad = xbuf.slice_mut::<f32>(xlen + kw);
+        xpad[xlen..].fill(0.0);
+        let cbuf = cbuf.slice_mut::<f32>(s.cout * grid);
         for b in 0..s.batch {
-            let xb = &x[b * frame_in..(b + 1) * frame_in];
-            xpad[..s.cin * s.t * hp * wp]
+            xpad[..xlen]
                 .par_chunks_mut(hp * wp)
-                .zip(xb.par_chunks(s.h * s.w))
-                .for_each(|(dst, src)| {
-                    for y in 0..s.h {
-                        let d = (y + s.pad) * wp + s.pad;
-                        dst[d..d + s.w].copy_from_slice(&src[y * s.w..(y + 1) * s.w]);
+                .enumerate()
+                .for_each(|(idx, dst)| {
+                    let (ci, tt) = (idx / s.t, idx % s.t);
+                    match source(b, ci, tt) {
+                        None => dst.fill(0.0),
+                        Some(src) => {
+                            dst[..s.pad * wp].fill(0.0);
+                            dst[(s.pad + s.h) * wp..].fill(0.0);
+                            for y in 0..s.h {
+                                let row = &mut dst[(y + s.pad) * wp..(y + s.pad + 1) * wp];
+                                row[..s.pad].fill(0.0);
+                                row[s.pad..s.pad + s.w]
+                                    .copy_from_slice(&src[y * s.w..(y + 1) * s.w]);
+                                row[s.pad + s.w..].fill(0.0);
+                            }
+                        }
                     }
                 });
+            let xpad: &[f32] = xpad;
             for t in 0..to {
-                fill_bias(&mut cbuf, grid, bias);
+                fill_bias(cbuf, grid, bias);
                 let src = Runs {
-                    x: &xpad,
+                    x: xpad,
                     frame0: t * s.time_stride,
                     t: s.t,
                     plane: hp * wp,
                     wp,
                     taps: [kt, kh, kw],
                 };
-                gemm::sgemm_with(
-                    s.cout,
-                    grid,
-                    k,
-                    a,
-                    &src,
-                    &mut cbuf,
-                    grid,
-                    Beta::Accumulate,
-                    None,
-                );
+                gemm::sgemm_with(s.cout, grid, k, a, &src, cbuf, grid, Beta::Accumulate, None);
                 // Crop the padded-width rows into the output frame.
                 let ob = &mut out[b * s.cout * to * plane_out..(b + 1) * s.cout * to * plane_out];
                 ob.par_chunks_mut(to * plane_out)
@@ -123,8 +185,20 @@ pub fn conv3d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: Conv3d, out: &
                     });
             }
         }
-        return;
-    }
+    });
+}
+
+fn gather_conv(
+    x: &[f32],
+    a: Mat,
+    bias: Option<&[f32]>,
+    s: Conv3d,
+    out: &mut [f32],
+    (to, ho, wo): (usize, usize, usize),
+) {
+    let k = s.k();
+    let plane_out = ho * wo;
+    let frame_in = s.cin * s.t * s.h * s.w;
     let mut cbuf = vec![0f32; s.cout * plane_out];
     for b in 0..s.batch {
         let xb = &x[b * frame_in..(b + 1) * frame_in];

@@ -56,9 +56,41 @@ impl ToBf16 for bf16 {
     }
 }
 
+/// What the epilogue applies to `A·B + bias` before the output is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// GELU with the tanh approximation, applied to the *rounded* output value and rounded again
+    /// (what a framework computes when the linear layer and the GELU are two ops in bf16).
+    GeluTanh,
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const S: f32 = 0.797_884_6; // √(2/π)
+    0.5 * x * (1.0 + (S * (x + 0.044_715 * x * x * x)).tanh())
+}
+
 /// An output element: f32, or bf16 rounded once from the f32 sum.
 pub trait FromF32: Copy + Send + Sync {
     fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+
+    /// Writes `act(acc[j] + bias[j])` for every `j` to `dst[j]`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `acc.len()` writes; `bias`, if given, at least as long as `acc`.
+    #[inline]
+    unsafe fn store_row(dst: *mut Self, acc: &[f32], bias: Option<&[f32]>, act: Activation) {
+        for (j, &v) in acc.iter().enumerate() {
+            let y = Self::from_f32(v + bias.map_or(0.0, |b| b[j]));
+            *dst.add(j) = match act {
+                Activation::None => y,
+                Activation::GeluTanh => Self::from_f32(gelu_tanh(y.to_f32())),
+            };
+        }
+    }
 }
 
 impl FromF32 for f32 {
@@ -66,12 +98,98 @@ impl FromF32 for f32 {
     fn from_f32(v: f32) -> Self {
         v
     }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
 }
 
 impl FromF32 for bf16 {
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         bf16::from_f32(v)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+
+    #[inline]
+    unsafe fn store_row(dst: *mut Self, acc: &[f32], bias: Option<&[f32]>, act: Activation) {
+        #[cfg(target_arch = "x86_64")]
+        if cpu::features().avx512bf16 {
+            return avx512::store_bf16_row(dst as *mut u16, acc, bias, act == Activation::GeluTanh);
+        }
+        for (j, &v) in acc.iter().enumerate() {
+            let y = bf16::from_f32(v + bias.map_or(0.0, |b| b[j]));
+            *dst.add(j) = match act {
+                Activation::None => y,
+                Activation::GeluTanh => bf16::from_f32(gelu_tanh(y.to_f32())),
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `rows::exp`'s polynomial is private to that module; tanh here is `1 − 2/(e^(2u) + 1)`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tanh16(u: __m512) -> __m512 {
+        let e = crate::rows::exp16(_mm512_add_ps(u, u));
+        let one = _mm512_set1_ps(1.0);
+        _mm512_sub_ps(
+            one,
+            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    unsafe fn round16(v: __m512) -> __m256i {
+        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn widen16(h: __m256i) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub unsafe fn store_bf16_row(dst: *mut u16, acc: &[f32], bias: Option<&[f32]>, gelu: bool) {
+        let n = acc.len();
+        let mut j = 0;
+        while j < n {
+            let len = (n - j).min(16);
+            let mask: __mmask16 = if len == 16 {
+                0xffff
+            } else {
+                ((1u32 << len) - 1) as u16
+            };
+            let mut v = _mm512_maskz_loadu_ps(mask, acc.as_ptr().add(j));
+            if let Some(b) = bias {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j)));
+            }
+            let mut h = round16(v);
+            if gelu {
+                let x = widen16(h);
+                let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+                let u = _mm512_mul_ps(
+                    _mm512_set1_ps(0.797_884_6),
+                    _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), x3, x),
+                );
+                let g = _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+                    _mm512_add_ps(_mm512_set1_ps(1.0), tanh16(u)),
+                );
+                h = round16(g);
+            }
+            _mm256_mask_storeu_epi16(dst.add(j) as *mut i16, mask, h);
+            j += 16;
+        }
     }
 }
 
@@ -180,6 +298,7 @@ pub fn gemm<A: ToBf16, C: FromF32>(
     c: &mut [C],
     ldc: usize,
     bias: Option<&[f32]>,
+    act: Activation,
 ) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
@@ -201,7 +320,7 @@ pub fn gemm<A: ToBf16, C: FromF32>(
         );
     }
     if !amx_available() {
-        return fallback(m, a, lda, b, c, ldc, bias);
+        return fallback(m, a, lda, b, c, ldc, bias, act);
     }
     // Pack A into 16-row panels of 32-deep tiles, an even number of panels.
     let kchunks = b.kchunks;
@@ -263,7 +382,7 @@ pub fn gemm<A: ToBf16, C: FromF32>(
                             kchunks,
                             acc.as_mut_ptr(),
                         );
-                        store(&acc, i * 2 * TILE, j * 2 * TILE, m, n, cptr, ldc, bias);
+                        store(&acc, i * 2 * TILE, j * 2 * TILE, m, n, cptr, ldc, bias, act);
                     }
                 }
             })
@@ -289,24 +408,14 @@ unsafe fn store<C: FromF32>(
     c: SharedMut<C>,
     ldc: usize,
     bias: Option<&[f32]>,
+    act: Activation,
 ) {
     let rows = (2 * TILE).min(m - i0);
     let cols = (2 * TILE).min(n.saturating_sub(j0));
+    let bias = bias.map(|b| &b[j0..j0 + cols]);
     for r in 0..rows {
         let crow = c.0.add((i0 + r) * ldc + j0);
-        let arow = &acc[r * 2 * TILE..r * 2 * TILE + cols];
-        match bias {
-            Some(b) => {
-                for (jj, (&v, &bv)) in arow.iter().zip(&b[j0..j0 + cols]).enumerate() {
-                    *crow.add(jj) = C::from_f32(v + bv);
-                }
-            }
-            None => {
-                for (jj, &v) in arow.iter().enumerate() {
-                    *crow.add(jj) = C::from_f32(v);
-                }
-            }
-        }
+        C::store_row(crow, &acc[r * 2 * TILE..r * 2 * TILE + cols], bias, act);
     }
 }
 
@@ -320,6 +429,7 @@ fn fallback<A: ToBf16, C: FromF32>(
     c: &mut [C],
     ldc: usize,
     bias: Option<&[f32]>,
+    act: Activation,
 ) {
     let (k, n) = (b.k, b.n);
     let af: Vec<f32> = (0..m * k)
@@ -336,12 +446,18 @@ fn fallback<A: ToBf16, C: FromF32>(
         &mut cf,
         n,
         Beta::Overwrite,
-        bias,
+        None,
     );
     for i in 0..m {
-        for j in 0..n {
-            c[i * ldc + j] = C::from_f32(cf[i * n + j]);
-        }
+        // SAFETY: row i of C holds at least n elements (checked by `gemm`).
+        unsafe {
+            C::store_row(
+                c[i * ldc..].as_mut_ptr(),
+                &cf[i * n..(i + 1) * n],
+                bias,
+                act,
+            )
+        };
     }
 }
 

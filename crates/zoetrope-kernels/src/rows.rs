@@ -43,6 +43,16 @@ pub fn exp_in_place(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x = x.exp());
 }
 
+/// `x·σ(x) = x / (1 + e^(−x))` for every element, in place (SiLU).
+pub fn silu_in_place(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if cpu::features().avx512f {
+        // SAFETY: AVX-512F is available.
+        return unsafe { avx512::silu_in_place(row) };
+    }
+    row.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp());
+}
+
 /// LayerNorm of one row without affine parameters, then adaLN modulation:
 /// `out = (x − mean)/√(var + eps) · (1 + scale) + shift`, mean and variance two-pass in f32 (as
 /// torch's `layer_norm`). `scale`/`shift` have the row's length.
@@ -84,7 +94,7 @@ pub fn add_gated(x: &mut [f32], y: &[f32], gate: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// `e^x` on 16 lanes: `x = n·ln2 + r`, `|r| ≤ ln2/2`, a degree-7 Taylor polynomial for
@@ -92,7 +102,7 @@ mod avx512 {
     /// also gives 0 for very negative inputs.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn exp16(x: __m512) -> __m512 {
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
         let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
         let x = _mm512_min_ps(x, _mm512_set1_ps(88.72283));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -129,6 +139,27 @@ mod avx512 {
             let p = row.as_mut_ptr().add(i);
             let v = _mm512_maskz_loadu_ps(mask, p);
             _mm512_mask_storeu_ps(p, mask, exp16(v));
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_in_place(row: &mut [f32]) {
+        let n = row.len();
+        let one = _mm512_set1_ps(1.0);
+        let silu = |v: __m512| {
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+            _mm512_div_ps(v, _mm512_add_ps(one, e))
+        };
+        let mut i = 0;
+        while i + 16 <= n {
+            let p = row.as_mut_ptr().add(i);
+            _mm512_storeu_ps(p, silu(_mm512_loadu_ps(p)));
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let p = row.as_mut_ptr().add(i);
+            _mm512_mask_storeu_ps(p, mask, silu(_mm512_maskz_loadu_ps(mask, p)));
         }
     }
 
@@ -170,3 +201,6 @@ mod avx512 {
         (m, _mm512_reduce_add_ps(vsum))
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::exp16;

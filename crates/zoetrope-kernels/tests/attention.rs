@@ -110,3 +110,17 @@ fn vector_exp_is_within_two_ulp() {
         );
     }
 }
+
+#[test]
+fn silu_matches_its_definition() {
+    let xs: Vec<f32> = (0..4001).map(|i| -60.0 + i as f32 * 0.03).collect();
+    let mut got = xs.clone();
+    rows::silu_in_place(&mut got);
+    for (&x, &g) in xs.iter().zip(&got) {
+        let w = x as f64 / (1.0 + (-x as f64).exp());
+        assert!(
+            (g as f64 - w).abs() <= 4.0 * f32::EPSILON as f64 * w.abs().max(1e-30),
+            "silu({x}) = {g}, want {w}"
+        );
+    }
+}

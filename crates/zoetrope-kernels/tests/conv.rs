@@ -93,3 +93,59 @@ fn implicit_gemm_matches_the_direct_sum() {
         }
     }
 }
+
+#[test]
+fn parts_are_the_concatenated_input() {
+    use zoetrope_kernels::conv::Part;
+    let s = Conv3d {
+        batch: 2,
+        cin: 3,
+        t: 6,
+        h: 5,
+        w: 7,
+        cout: 4,
+        kernel: [3, 3, 3],
+        time_stride: 1,
+        stride: 1,
+        pad: 1,
+    };
+    let hw = s.h * s.w;
+    let cache = rand_vec(s.batch * s.cin * 2 * hw, 7);
+    let chunk = rand_vec(s.batch * s.cin * 3 * hw, 8);
+    let w = rand_vec(s.cout * s.cin * 27, 9);
+    // [1 zero frame | 2 cached | 3 new] as one tensor.
+    let mut x = vec![0f32; s.batch * s.cin * s.t * hw];
+    for bc in 0..s.batch * s.cin {
+        let dst = &mut x[bc * s.t * hw..(bc + 1) * s.t * hw];
+        dst[hw..3 * hw].copy_from_slice(&cache[bc * 2 * hw..(bc + 1) * 2 * hw]);
+        dst[3 * hw..].copy_from_slice(&chunk[bc * 3 * hw..(bc + 1) * 3 * hw]);
+    }
+    let (to, ho, wo) = s.out_dims().unwrap();
+    let mut want = vec![0f32; s.batch * s.cout * to * ho * wo];
+    conv::conv3d(&x, &w, None, s, &mut want);
+    let parts = [
+        Part {
+            data: None,
+            frames: 1,
+        },
+        Part {
+            data: Some(&cache),
+            frames: 2,
+        },
+        Part {
+            data: Some(&chunk),
+            frames: 3,
+        },
+    ];
+    let mut got = vec![f32::NAN; want.len()];
+    conv::conv3d_parts(&parts, &w, None, s, &mut got);
+    assert_eq!(got, want);
+    // The same through the gather path (stride 2).
+    let s2 = Conv3d { stride: 2, ..s };
+    let (to, ho, wo) = s2.out_dims().unwrap();
+    let mut want = vec![0f32; s.batch * s.cout * to * ho * wo];
+    conv::conv3d(&x, &w, None, s2, &mut want);
+    let mut got = vec![f32::NAN; want.len()];
+    conv::conv3d_parts(&parts, &w, None, s2, &mut got);
+    assert_eq!(got, want);
+}

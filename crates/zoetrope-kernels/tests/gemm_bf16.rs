@@ -1,6 +1,6 @@
 use half::bf16;
 use rand::{Rng, SeedableRng};
-use zoetrope_kernels::gemm_bf16::{self, PackedB};
+use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -45,7 +45,7 @@ fn matches_the_product_of_rounded_inputs() {
             let want = reference(m, n, k, &a, &w, b);
             let ldc = n + 2;
             let mut got = vec![7f32; m * ldc];
-            gemm_bf16::gemm(m, &a, k, &packed, &mut got, ldc, b);
+            gemm_bf16::gemm(m, &a, k, &packed, &mut got, ldc, b, Activation::None);
             let tol = 1e-5 * (k as f64).sqrt() + 1e-6;
             for i in 0..m {
                 for j in 0..n {
@@ -64,7 +64,7 @@ fn matches_the_product_of_rounded_inputs() {
             // bf16 in, bf16 out: one rounding of the f32 sum.
             let a16: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
             let mut got16 = vec![bf16::ZERO; m * n];
-            gemm_bf16::gemm(m, &a16, k, &packed, &mut got16, n, b);
+            gemm_bf16::gemm(m, &a16, k, &packed, &mut got16, n, b, Activation::None);
             for (idx, (g, w)) in got16.iter().zip(&want).enumerate() {
                 let w16 = bf16::from_f64(*w).to_f64();
                 let ulp = w16.abs() * 2f64.powi(-7) + tol;
@@ -74,5 +74,48 @@ fn matches_the_product_of_rounded_inputs() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn gelu_epilogue_acts_on_the_rounded_output() {
+    let (m, n, k) = (40, 70, 64);
+    let a: Vec<bf16> = rand_vec(m * k, 4)
+        .iter()
+        .map(|&v| bf16::from_f32(2.0 * v))
+        .collect();
+    let w = rand_vec(n * k, 5);
+    let bias = rand_vec(n, 6);
+    let packed = PackedB::pack(k, n, &w, 1, k);
+    let mut plain = vec![bf16::ZERO; m * n];
+    gemm_bf16::gemm(
+        m,
+        &a,
+        k,
+        &packed,
+        &mut plain,
+        n,
+        Some(&bias),
+        Activation::None,
+    );
+    let mut fused = vec![bf16::ZERO; m * n];
+    gemm_bf16::gemm(
+        m,
+        &a,
+        k,
+        &packed,
+        &mut fused,
+        n,
+        Some(&bias),
+        Activation::GeluTanh,
+    );
+    for (i, (&p, &f)) in plain.iter().zip(&fused).enumerate() {
+        let want = bf16::from_f32(gemm_bf16::gelu_tanh(p.to_f32()));
+        let diff = (f.to_f32() - want.to_f32()).abs();
+        // tanh by the exp identity may differ from libm's in the last f32 bits: one bf16 ulp.
+        assert!(
+            diff <= want.to_f32().abs() / 128.0 + 1e-6,
+            "[{i}] gelu({p}) = {f}, want {want}"
+        );
     }
 }

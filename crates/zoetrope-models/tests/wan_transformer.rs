@@ -330,6 +330,9 @@ fn bf16_weights_run_and_stay_close() {
         .unwrap();
     assert_eq!(out.dtype(), DType::BF16);
     let d = max_abs_diff(&out, &r["out_t2"]);
-    eprintln!("bf16 vs f32 reference: max |diff| = {d:.3e}");
-    assert!(d < 0.1, "{d}");
+    let scale = zoetrope_nn::max_abs(&r["out_t2"]).unwrap();
+    eprintln!("bf16 vs f32 reference: max |diff| = {d:.3e}, max |ref| = {scale:.3}");
+    // The speed issue's bar: bf16 within 1e-2 of f32, relative to the output's scale (a bf16
+    // output alone is rounded by up to 2^-9 of its magnitude).
+    assert!(d / scale < 1e-2, "{d} of {scale}");
 }

@@ -135,6 +135,29 @@ impl CausalConv3d {
     /// an error (PyTorch would crop with a negative pad; Wan never does that).
     pub fn forward_with_cache(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
         let (_, _, _, h, w) = x.dims5()?;
+        if !self.weight.is_variable() && crate::fast::conv3d_kernel_supported(x, &self.weight) {
+            // The kernel reads [zeros | cache | x] in place: no concatenated copy.
+            let pad = self.config.time_pad;
+            let front = cache.filter(|_| pad > 0);
+            let ct = front.map(|c| c.dim(2)).transpose()?.unwrap_or(0);
+            if ct > pad {
+                candle_core::bail!(
+                    "conv3d cache {:?} does not fit input {:?} with time_pad {pad}",
+                    front.map(|c| c.dims().to_vec()),
+                    x.dims()
+                );
+            }
+            return crate::fast::conv3d_causal(
+                pad - ct,
+                front,
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.config.time_stride,
+                self.config.spatial_stride,
+                self.config.spatial_pad,
+            );
+        }
         let mut x = x.clone();
         let mut pad = self.config.time_pad;
         if let Some(c) = cache.filter(|_| pad > 0) {

@@ -24,7 +24,7 @@ use half::bf16;
 use rayon::prelude::*;
 use zoetrope_kernels::attention::{self as flash, Heads};
 use zoetrope_kernels::gemm::{self, Beta, Mat};
-use zoetrope_kernels::gemm_bf16::{self, PackedB};
+use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 use zoetrope_kernels::rows;
 
 /// Whether the kernels serve a tensor on `device` (CPU, and not switched off).
@@ -125,6 +125,7 @@ impl Linear {
                     &mut out,
                     self.out_dim,
                     None,
+                    Activation::None,
                 );
                 Tensor::from_vec(out, (self.in_dim, self.out_dim), &candle_core::Device::Cpu)?
                     .t()?
@@ -139,8 +140,21 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `gelu_tanh(x·Wᵀ + b)`. With AMX the GELU runs in the GEMM's epilogue on the rounded bf16
+    /// output (what two bf16 ops compute, without the second pass over memory).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Activation::GeluTanh)
+    }
+
+    fn run(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let gelu = |y: Tensor| -> Result<Tensor> {
+            match act {
+                Activation::None => Ok(y),
+                Activation::GeluTanh if y.dtype() == DType::F32 => crate::fused::gelu_tanh(&y),
+                Activation::GeluTanh => y.gelu(),
+            }
+        };
         let last = x.dims().last().copied().unwrap_or(0);
         if last != self.in_dim {
             candle_core::bail!(
@@ -154,6 +168,7 @@ impl Module for Linear {
                 let op = LinearAmx {
                     packed,
                     bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
+                    act,
                 };
                 return x.contiguous()?.apply_op1_no_bwd(&op);
             }
@@ -166,7 +181,7 @@ impl Module for Linear {
             let op = LinearF32 {
                 bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
             };
-            return x.contiguous()?.apply_op2_no_bwd(&w, &op);
+            return gelu(x.contiguous()?.apply_op2_no_bwd(&w, &op)?);
         }
         // candle_nn::Linear's computation.
         let y = match *x.dims() {
@@ -174,10 +189,16 @@ impl Module for Linear {
             [bsize, _, _] => x.matmul(&w.broadcast_left(bsize)?.t()?)?,
             _ => x.matmul(&w.t()?)?,
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        gelu(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, Activation::None)
     }
 }
 
@@ -229,6 +250,7 @@ impl CustomOp2 for LinearF32<'_> {
 struct LinearAmx<'a> {
     packed: &'a PackedB,
     bias: Option<&'a [f32]>,
+    act: Activation,
 }
 
 impl CustomOp1 for LinearAmx<'_> {
@@ -243,11 +265,11 @@ impl CustomOp1 for LinearAmx<'_> {
         match s {
             CpuStorage::BF16(_) => {
                 let x = slice::<bf16>("linear", s, l)?;
-                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias);
+                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias, self.act);
             }
             CpuStorage::F32(_) => {
                 let x = slice::<f32>("linear", s, l)?;
-                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias);
+                gemm_bf16::gemm(m, x, k, self.packed, &mut y, n, self.bias, self.act);
             }
             _ => candle_core::bail!("linear: bf16 layer got a {:?} input", s.dtype()),
         }
@@ -361,14 +383,16 @@ fn map_rows(
             out.par_chunks_mut(d)
                 .zip(x.par_chunks(d))
                 .enumerate()
-                .for_each(|(r, (o, xr))| {
-                    let xf: Vec<f32> = xr.iter().map(|v| v.to_f32()).collect();
-                    let mut of = vec![0f32; d];
-                    f(r / rows_per_batch.max(1), &xf, &mut of);
-                    o.iter_mut()
-                        .zip(&of)
-                        .for_each(|(o, &v)| *o = bf16::from_f32(v));
-                });
+                .for_each_init(
+                    || (vec![0f32; d], vec![0f32; d]),
+                    |(xf, of), (r, (o, xr))| {
+                        xf.iter_mut().zip(xr).for_each(|(a, v)| *a = v.to_f32());
+                        f(r / rows_per_batch.max(1), xf, of);
+                        o.iter_mut()
+                            .zip(of.iter())
+                            .for_each(|(o, &v)| *o = bf16::from_f32(v));
+                    },
+                );
             Ok((CpuStorage::BF16(out), l.shape().clone()))
         }
         _ => candle_core::bail!("{op}: f32 or bf16 input expected, got {:?}", s.dtype()),
@@ -664,15 +688,46 @@ pub fn conv3d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv3d_causal(0, None, x, weight, bias, time_stride, stride, pad)
+}
+
+/// [`conv3d`] of `[zero_frames zeros | front | x]` along time, without building that
+/// concatenation (`front`: the frames a causal conv carries over from the previous chunk).
+#[allow(clippy::too_many_arguments)]
+pub fn conv3d_causal(
+    zero_frames: usize,
+    front: Option<&Tensor>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    time_stride: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    use zoetrope_kernels::conv::{Conv3d, Part};
     let (b, cin, t, h, w) = x.dims5()?;
     let (cout, wcin, kt, kh, kw) = weight.dims5()?;
     if cin != wcin {
         candle_core::bail!("conv3d: input has {cin} channels, weight expects {wcin}");
     }
-    let shape = zoetrope_kernels::conv::Conv3d {
+    let front_t = match front {
+        Some(f) => {
+            let (fb, fc, ft, fh, fw) = f.dims5()?;
+            if (fb, fc, fh, fw) != (b, cin, h, w) {
+                candle_core::bail!(
+                    "conv3d: cached frames {:?} do not fit input {:?}",
+                    f.dims(),
+                    x.dims()
+                );
+            }
+            ft
+        }
+        None => 0,
+    };
+    let shape = Conv3d {
         batch: b,
         cin,
-        t,
+        t: zero_frames + front_t + t,
         h,
         w,
         cout,
@@ -681,47 +736,57 @@ pub fn conv3d(
         stride,
         pad,
     };
-    if shape.out_dims().is_none() {
+    let Some((to, ho, wo)) = shape.out_dims() else {
         candle_core::bail!(
-            "conv3d: input {:?} (pad {pad}) is smaller than the kernel {kt}x{kh}x{kw}",
-            x.dims()
+            "conv3d: input {:?} (with {} frames in front, pad {pad}) is smaller than the kernel \
+             {kt}x{kh}x{kw}",
+            x.dims(),
+            zero_frames + front_t
         );
-    }
+    };
     let bias = match bias {
         Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
         None => None,
     };
-    x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &Conv { shape, bias })
+    let x = x.contiguous()?.to_dtype(DType::F32)?;
+    let weight = weight.contiguous()?;
+    let front = front.map(|f| f.contiguous()).transpose()?;
+    let mut out = vec![0f32; b * cout * to * ho * wo];
+    with_f32(&x, |xs| {
+        with_f32(&weight, |ws| {
+            let mut run = |fs: Option<&[f32]>| {
+                let mut parts = vec![Part {
+                    data: None,
+                    frames: zero_frames,
+                }];
+                if let Some(fs) = fs {
+                    parts.push(Part {
+                        data: Some(fs),
+                        frames: front_t,
+                    });
+                }
+                parts.push(Part {
+                    data: Some(xs),
+                    frames: t,
+                });
+                zoetrope_kernels::conv::conv3d_parts(&parts, ws, bias.as_deref(), shape, &mut out);
+                Ok(())
+            };
+            match &front {
+                Some(f) => with_f32(f, |fs| run(Some(fs))),
+                None => run(None),
+            }
+        })
+    })?;
+    Tensor::from_vec(out, (b, cout, to, ho, wo), x.device())
 }
 
-struct Conv {
-    shape: zoetrope_kernels::conv::Conv3d,
-    bias: Option<Vec<f32>>,
-}
-
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "zoetrope-conv3d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice::<f32>("conv3d", xs, xl)?;
-        let w = slice::<f32>("conv3d", ws, wl)?;
-        let s = self.shape;
-        let (to, ho, wo) = s.out_dims().expect("checked by conv3d");
-        let mut out = vec![0f32; s.batch * s.cout * to * ho * wo];
-        zoetrope_kernels::conv::conv3d(x, w, self.bias.as_deref(), s, &mut out);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((s.batch, s.cout, to, ho, wo)),
-        ))
+/// Runs `f` on a contiguous f32 CPU tensor's elements.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(slice::<f32>("conv3d", cpu, layout)?),
+        _ => candle_core::bail!("conv3d kernel: the tensor is not on the CPU"),
     }
 }
 
@@ -744,4 +809,109 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
     )?;
     let (_, _, _, ho, wo) = y.dims5()?;
     y.reshape((n, cout, ho, wo))
+}
+
+/// Wan's VAE norm (`WanRMS_norm`): every position's channel vector L2-normalised, `x /
+/// max(‖x‖₂, 1e-12) · scale · gamma (+ bias)`, optionally followed by SiLU, for `x [B, C, ...]`
+/// (f32) with `gamma`, `bias` `[C]` f32. One pass over the channels per position block instead
+/// of candle's strided channel reduction and five elementwise passes.
+pub fn channel_l2_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    if !kernels_on(x) || x.dtype() != DType::F32 || x.rank() < 2 {
+        return Ok(None);
+    }
+    let c = x.dim(1)?;
+    let gamma = gamma
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let bias = match bias {
+        Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    if gamma.len() != c || bias.as_ref().is_some_and(|b| b.len() != c) {
+        candle_core::bail!(
+            "channel norm: gamma/bias do not have {c} channels for {:?}",
+            x.dims()
+        );
+    }
+    let op = ChannelNorm {
+        gamma,
+        bias,
+        scale: scale as f32,
+        silu,
+    };
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+struct ChannelNorm {
+    gamma: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    scale: f32,
+    silu: bool,
+}
+
+impl CustomOp1 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "zoetrope-channel-l2-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice::<f32>("channel norm", s, l)?;
+        let dims = l.dims();
+        let c = dims[1];
+        let positions: usize = dims[2..].iter().product();
+        let mut out = vec![0f32; x.len()];
+        // Work units: one batch item × a run of positions, every channel.
+        const RUN: usize = 1024;
+        let runs = positions.div_ceil(RUN);
+        let optr = SendPtr(out.as_mut_ptr());
+        (0..dims[0] * runs).into_par_iter().for_each(|u| {
+            let (b, r) = (u / runs, u % runs);
+            let p0 = r * RUN;
+            let n = RUN.min(positions - p0);
+            let base = b * c * positions + p0;
+            let mut inv = [0f32; RUN];
+            for ch in 0..c {
+                let row = &x[base + ch * positions..base + ch * positions + n];
+                for (a, &v) in inv.iter_mut().zip(row) {
+                    *a += v * v;
+                }
+            }
+            for a in inv[..n].iter_mut() {
+                *a = a.sqrt().max(1e-12);
+            }
+            for ch in 0..c {
+                let row = &x[base + ch * positions..base + ch * positions + n];
+                let (g, bv) = (self.gamma[ch], self.bias.as_ref().map_or(0.0, |b| b[ch]));
+                // SAFETY: unit (b, r) writes only its own positions of every channel.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(optr.at(base + ch * positions), n) };
+                for ((o, &v), &nrm) in dst.iter_mut().zip(row).zip(&inv[..n]) {
+                    *o = v / nrm * self.scale * g + bv;
+                }
+                if self.silu {
+                    rows::silu_in_place(dst);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the units that share it write disjoint elements.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }

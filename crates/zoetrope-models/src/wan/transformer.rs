@@ -590,12 +590,7 @@ impl WanBlock {
 
         // 3. Feed-forward, GELU with tanh approximation (`gelu-approximate`).
         let n = fast::layer_norm_modulate(&x, &c_scale, &c_shift, self.eps)?;
-        let h = n.apply(&self.ffn_in)?;
-        let h = if h.dtype() == DType::F32 {
-            fused::gelu_tanh(&h)?
-        } else {
-            h.gelu()?
-        };
+        let h = self.ffn_in.forward_gelu(&n)?;
         fast::add_gated(&x, &h.apply(&self.ffn_out)?, &c_gate)
     }
 }
@@ -780,10 +775,9 @@ impl WanTransformer3DModel {
 
     /// `text_embedder(encoder_hidden_states)`: `[B, Lc, text_dim]` → `[B, Lc, dim]`.
     pub fn embed_text(&self, encoder_hidden_states: &Tensor) -> Result<Tensor> {
-        encoder_hidden_states
-            .to_dtype(self.dtype)?
-            .apply(&self.text_linear_1)?
-            .gelu()? // GELU(approximate="tanh"); candle's `gelu` is the tanh form.
+        // Linear, GELU(approximate="tanh"), Linear.
+        self.text_linear_1
+            .forward_gelu(&encoder_hidden_states.to_dtype(self.dtype)?)?
             .apply(&self.text_linear_2)
     }
 

@@ -189,6 +189,25 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
+    }
+
+    /// The norm, then SiLU when `silu` (fused into one pass on the CPU kernels).
+    fn forward_act(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if let Some(y) =
+            fast::channel_l2_norm(x, &self.gamma, self.bias.as_ref(), self.scale, silu)?
+        {
+            return Ok(y);
+        }
+        let y = self.forward_composite(x)?;
+        if silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn forward_composite(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         // diffusers normalises half-precision inputs in f32.
         let xf = if matches!(dtype, DType::F16 | DType::BF16) {
@@ -273,9 +292,9 @@ impl ResBlock {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        let y = self.norm1.forward(x)?.silu()?;
+        let y = self.norm1.forward_act(x, true)?;
         let y = cached_conv(&self.conv1, &y, cache.as_deref_mut())?;
-        let y = self.norm2.forward(&y)?.silu()?;
+        let y = self.norm2.forward_act(&y, true)?;
         let y = cached_conv(&self.conv2, &y, cache)?;
         y + h
     }
@@ -585,7 +604,7 @@ impl Encoder {
             };
         }
         let x = self.mid.forward(&x, Some(cache))?;
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_act(&x, true)?;
         cached_conv(&self.conv_out, &x, Some(cache))
     }
 }
@@ -673,7 +692,7 @@ impl Decoder {
                 x = u.forward(&x, Some(cache))?;
             }
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_act(&x, true)?;
         cached_conv(&self.conv_out, &x, Some(cache))
     }
 }
