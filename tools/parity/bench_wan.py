@@ -10,7 +10,7 @@ Two sub-commands:
     (``DIR/inputs.safetensors``), so both sides run the *same* weights on the *same* inputs and
     the Rust side can check it computes the same result.
 
-``time DIR --component {transformer,vae} [--warmup W] [--runs N]``
+``time DIR --component {transformer,vae,attention,gemm} [--dtype f32|bf16] [--warmup W] [--runs N]``
     Loads the models from DIR, runs W untimed warm-up calls then N timed calls, and prints one
     ``SAMPLE diffusers <component> <seconds>`` line per timed call.
 
@@ -105,35 +105,67 @@ def prepare(out: Path, vae_latent: tuple[int, ...] = VAE_LATENT) -> None:
           f"video {tuple(video.shape)} mean|v| {video.abs().mean():.4f}")
 
 
-def time_component(out: Path, component: str, warmup: int, runs: int) -> None:
+def time_component(out: Path, component: str, warmup: int, runs: int, dtype: str = "f32") -> None:
+    """Times one component; ``dtype`` bf16 casts the model and inputs (the check is then against
+    the f32 reference). ``attention`` (F.scaled_dot_product_attention at the transformer's
+    800 tokens x 6 heads x 128) and ``gemm`` (F.linear, 800 x 768 -> 3072) run on random inputs
+    and also print their GFLOP/s."""
+    dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    label = component if dtype == "f32" else f"{component}-bf16"
     inputs = load_file(str(out / "inputs.safetensors"))
+    flops = None
     if component == "transformer":
-        model = WanTransformer3DModel.from_pretrained(str(out / "transformer")).eval()
-        x, ctx, t = inputs["latent"], inputs["context"], inputs["timestep"]
+        model = WanTransformer3DModel.from_pretrained(str(out / "transformer")).eval().to(dt)
+        x, ctx, t = inputs["latent"].to(dt), inputs["context"].to(dt), inputs["timestep"]
 
         def call():
             return model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
 
         ref = inputs["transformer_out"]
     elif component == "vae":
-        model = AutoencoderKLWan.from_pretrained(str(out / "vae")).eval()
-        z = inputs["vae_latent"]
+        model = AutoencoderKLWan.from_pretrained(str(out / "vae")).eval().to(dt)
+        z = inputs["vae_latent"].to(dt)
 
         def call():
             return model.decode(z, return_dict=False)[0]
 
         ref = inputs["vae_video"]
+    elif component == "attention":
+        g = torch.Generator().manual_seed(3)
+        q, k, v = (torch.randn(1, 6, 800, 128, generator=g).to(dt) for _ in range(3))
+        flops = 4.0 * 800 * 800 * 6 * 128
+
+        def call():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+        ref = None
+    elif component == "gemm":
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(1, 800, 768, generator=g).to(dt)
+        w = (0.03 * torch.randn(3072, 768, generator=g)).to(dt)
+        b = (0.03 * torch.randn(3072, generator=g)).to(dt)
+        flops = 2.0 * 800 * 768 * 3072
+
+        def call():
+            return torch.nn.functional.linear(x, w, b)
+
+        ref = None
     else:
         sys.exit(f"unknown component {component}")
     with torch.inference_mode():
         for _ in range(warmup):
             y = call()
-        diff = (y - ref).abs().max().item() if warmup else float("nan")
-        print(f"diffusers {component}: threads={torch.get_num_threads()} max|y-ref|={diff:.3g}")
+        if ref is None:
+            ref = y
+        diff = (y.float() - ref.float()).abs().max().item() if warmup else float("nan")
+        print(f"diffusers {label}: threads={torch.get_num_threads()} max|y-ref|={diff:.3g}")
         for _ in range(runs):
             t0 = time.perf_counter()
             call()
-            print(f"SAMPLE diffusers {component} {time.perf_counter() - t0:.4f}", flush=True)
+            secs = time.perf_counter() - t0
+            print(f"SAMPLE diffusers {label} {secs:.4f}", flush=True)
+            if flops:
+                print(f"GFLOPS diffusers {label} {flops / secs / 1e9:.1f}", flush=True)
 
 
 def main() -> None:
@@ -145,7 +177,8 @@ def main() -> None:
                    help="B,C,F,H,W of the latent the VAE decodes (default %(default)s)")
     p = sub.add_parser("time")
     p.add_argument("dir", type=Path)
-    p.add_argument("--component", required=True, choices=["transformer", "vae"])
+    p.add_argument("--component", required=True, choices=["transformer", "vae", "attention", "gemm"])
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
@@ -153,7 +186,7 @@ def main() -> None:
         a.dir.mkdir(parents=True, exist_ok=True)
         prepare(a.dir, tuple(int(v) for v in a.vae_latent.split(",")))
     else:
-        time_component(a.dir, a.component, a.warmup, a.runs)
+        time_component(a.dir, a.component, a.warmup, a.runs, a.dtype)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ fn main() -> Result<()> {
             )
         }
         "vae" => {
-            let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), dtype, &dev)?;
-            let z = load("vae_latent")?;
+            // zoetrope's Wan pipeline always decodes in f32 (its VAE kernels are f32; the
+            // VAE's weights are small): the bf16 row times that against diffusers' bf16 VAE.
+            let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, &dev)?;
+            let z = load("vae_latent")?.to_dtype(DType::F32)?;
             (
                 Box::new(move || vae.decode(&z)),
                 inputs.load("vae_video", &dev)?,
