@@ -127,6 +127,11 @@ pub trait PackB: Sync {
     /// Writes `panel[p·NR + c] = B[p0 + p][j + c]` for `p < kc`, `c < cols ≤ NR`, zero for
     /// `cols ≤ c < NR`.
     fn pack(&self, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]);
+
+    /// B already in panel layout over its full depth `k`: `(data, k)` (see [`PackedF32`]).
+    fn prepacked(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 impl PackB for Mat<'_> {
@@ -243,21 +248,26 @@ fn run<B: PackB>(
             let mut p0 = 0;
             while p0 < k {
                 let kc = KC.min(k - p0);
-                // B's KC × NC block is packed once and shared by every row block.
-                let bpack = bbuf.slice_mut::<f32>(panels_n * NR * kc);
-                if parallel {
-                    bpack
-                        .par_chunks_exact_mut(NR * kc)
-                        .enumerate()
-                        .for_each(|(q, panel)| {
-                            b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel)
-                        });
-                } else {
-                    for (q, panel) in bpack.chunks_exact_mut(NR * kc).enumerate() {
-                        b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel);
+                // B's KC × NC block is packed once and shared by every row block (or read
+                // where it lies, when B comes packed).
+                let (bpack, panel_stride): (&[f32], usize) = match b.prepacked() {
+                    Some((data, kfull)) => (&data[((j0 / NR) * kfull + p0) * NR..], kfull * NR),
+                    None => {
+                        let bpack = bbuf.slice_mut::<f32>(panels_n * NR * kc);
+                        if parallel {
+                            bpack.par_chunks_exact_mut(NR * kc).enumerate().for_each(
+                                |(q, panel)| {
+                                    b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel)
+                                },
+                            );
+                        } else {
+                            for (q, panel) in bpack.chunks_exact_mut(NR * kc).enumerate() {
+                                b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel);
+                            }
+                        }
+                        (bpack, NR * kc)
                     }
-                }
-                let bpack: &[f32] = bpack;
+                };
                 let blocks_m = m.div_ceil(MC);
                 // Enough work units for every thread: split the columns when rows are few.
                 let groups_n = (4 * threads).div_ceil(blocks_m).clamp(1, panels_n);
@@ -266,6 +276,7 @@ fn run<B: PackB>(
                 let step = Step {
                     p0,
                     kc,
+                    panel_stride,
                     j0,
                     nc,
                     accumulate: p0 > 0 || beta == Beta::Accumulate,
@@ -306,6 +317,8 @@ fn run<B: PackB>(
 struct Step<'a> {
     p0: usize,
     kc: usize,
+    /// Elements between consecutive B panels in `bpack`.
+    panel_stride: usize,
     j0: usize,
     nc: usize,
     accumulate: bool,
@@ -350,7 +363,13 @@ unsafe fn block(
                 accumulate: s.accumulate,
                 bias: s.bias.map(|b| b.as_ptr().add(jj)),
             };
-            micro(s.kc, ap, bpack.as_ptr().add(jp * NR * s.kc), out, avx512);
+            micro(
+                s.kc,
+                ap,
+                bpack.as_ptr().add(jp * s.panel_stride),
+                out,
+                avx512,
+            );
         }
     }
 }
@@ -685,4 +704,48 @@ pub fn gemm_packed_serial(
             p0 += kc;
         }
     });
+}
+
+impl PackB for PackedF32 {
+    fn check(&self, k: usize, n: usize) {
+        assert!(
+            k == self.k && n == self.n,
+            "gemm: packed B is {}x{}, the product needs {k}x{n}",
+            self.k,
+            self.n
+        );
+    }
+
+    fn pack(&self, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+        let data = self.data.slice::<f32>(self.n.div_ceil(NR) * NR * self.k);
+        let src = &data[((j / NR) * self.k + p0) * NR..];
+        panel[..kc * NR].copy_from_slice(&src[..kc * NR]);
+        let _ = cols;
+    }
+
+    fn prepacked(&self) -> Option<(&[f32], usize)> {
+        Some((
+            self.data.slice::<f32>(self.n.div_ceil(NR) * NR * self.k),
+            self.k,
+        ))
+    }
+}
+
+impl PackedF32 {
+    /// Element `(p, j)` (for reading a packed weight back).
+    pub fn get(&self, p: usize, j: usize) -> f32 {
+        let data = self.data.slice::<f32>(self.n.div_ceil(NR) * NR * self.k);
+        data[((j / NR) * self.k + p) * NR + j % NR]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.n.div_ceil(NR) * NR * self.k * 4
+    }
+}
+
+impl std::fmt::Debug for PackedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedF32 {{ k: {}, n: {} }}", self.k, self.n)
+    }
 }

@@ -129,3 +129,40 @@ fn too_short_an_input_is_refused() {
         None,
     );
 }
+
+#[test]
+fn prepacked_b_gives_the_same_product() {
+    use zoetrope_kernels::gemm::PackedF32;
+    for &(m, n, k) in &[(5, 40, 30), (130, 1100, 300), (20, 33, 600)] {
+        let a = rand_vec(m * k, 7);
+        let w = rand_vec(n * k, 8); // [n, k]
+        let bias = rand_vec(n, 9);
+        let packed = PackedF32::pack(Mat::transposed(&w, k), k, n);
+        assert_eq!(packed.get(k - 1, n - 1), w[(n - 1) * k + k - 1]);
+        let mut want = vec![0f32; m * n];
+        gemm::sgemm(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            Mat::transposed(&w, k),
+            &mut want,
+            n,
+            Beta::Overwrite,
+            Some(&bias),
+        );
+        let mut got = vec![0f32; m * n];
+        gemm::sgemm_with(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            &packed,
+            &mut got,
+            n,
+            Beta::Overwrite,
+            Some(&bias),
+        );
+        assert_eq!(got, want, "{m}x{n}x{k}");
+    }
+}

@@ -23,7 +23,7 @@ use candle_nn::VarBuilder;
 use half::bf16;
 use rayon::prelude::*;
 use zoetrope_kernels::attention::{self as flash, Heads};
-use zoetrope_kernels::gemm::{self, Beta, Mat};
+use zoetrope_kernels::gemm::{self, Beta, Mat, PackedF32};
 use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 use zoetrope_kernels::rows;
 
@@ -53,6 +53,8 @@ pub struct Linear {
     bias: Option<Tensor>,
     bias_f32: Option<Arc<Vec<f32>>>,
     packed: Option<Arc<PackedB>>,
+    /// f32 weights on the CPU, packed once into the GEMM's panels (replacing `weight`).
+    packed_f32: Option<Arc<PackedF32>>,
     in_dim: usize,
     out_dim: usize,
     dtype: DType,
@@ -87,6 +89,7 @@ impl Linear {
             bias,
             bias_f32,
             packed: None,
+            packed_f32: None,
             in_dim,
             out_dim,
             dtype,
@@ -95,6 +98,11 @@ impl Linear {
         if dtype == DType::BF16 && w.device().is_cpu() && gemm_bf16::amx_available() {
             let data = w.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
             layer.packed = Some(Arc::new(PackedB::pack(in_dim, out_dim, &data, 1, in_dim)));
+            layer.weight = None;
+        } else if dtype == DType::F32 && w.device().is_cpu() && !w.is_variable() {
+            let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let packed = PackedF32::pack(Mat::transposed(&data, in_dim), in_dim, out_dim);
+            layer.packed_f32 = Some(Arc::new(packed));
             layer.weight = None;
         }
         Ok(layer)
@@ -110,6 +118,11 @@ impl Linear {
 
     /// The weight `[out, in]` (rebuilt from the packed copy when the layer holds only that).
     pub fn weight(&self) -> Result<Tensor> {
+        if let (None, Some(p)) = (&self.weight, &self.packed_f32) {
+            let (k, n) = (self.in_dim, self.out_dim);
+            let data: Vec<f32> = (0..n * k).map(|idx| p.get(idx % k, idx / k)).collect();
+            return Tensor::from_vec(data, (n, k), &candle_core::Device::Cpu);
+        }
         match (&self.weight, &self.packed) {
             (Some(w), _) => Ok(w.clone()),
             (None, Some(p)) => {
@@ -171,6 +184,15 @@ impl Linear {
                     act,
                 };
                 return x.contiguous()?.apply_op1_no_bwd(&op);
+            }
+        }
+        if let Some(packed) = &self.packed_f32 {
+            if kernels_on(x) && x.dtype() == DType::F32 {
+                let op = LinearPackedF32 {
+                    packed,
+                    bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
+                };
+                return gelu(x.contiguous()?.apply_op1_no_bwd(&op)?);
             }
         }
         let w = match &self.weight {
@@ -244,6 +266,36 @@ impl CustomOp2 for LinearF32<'_> {
             self.bias,
         );
         Ok((CpuStorage::F32(y), out_shape(xl, out_dim)))
+    }
+}
+
+struct LinearPackedF32<'a> {
+    packed: &'a PackedF32,
+    bias: Option<&'a [f32]>,
+}
+
+impl CustomOp1 for LinearPackedF32<'_> {
+    fn name(&self) -> &'static str {
+        "zoetrope-linear-f32-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice::<f32>("linear", s, l)?;
+        let (k, n) = (self.packed.k(), self.packed.n());
+        let m = x.len() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        gemm::sgemm_with(
+            m,
+            n,
+            k,
+            Mat::rows(x, k),
+            self.packed,
+            &mut y,
+            n,
+            Beta::Overwrite,
+            self.bias,
+        );
+        Ok((CpuStorage::F32(y), out_shape(l, n)))
     }
 }
 
