@@ -224,3 +224,163 @@ pub fn reference(q: Heads, k: Heads, v: Heads, out: &mut [f32], s: Shape, scale:
         }
     }
 }
+
+/// [`attention`] for bf16 `q`, `k`, `v` on AMX tiles (f32 output, `[B, Lq, H·d]`): per (batch,
+/// head) the keys (transposed) and values are packed once into tiles; each block of 64 query
+/// rows computes its scores against all keys (`64 × Lk` f32, bounded by the block, not by
+/// `Lq·Lk`), a two-pass softmax in f32, the probabilities rounded to bf16 (as fused bf16
+/// attention kernels do) and `P·V` accumulated in f32. Without AMX the inputs are widened and
+/// [`attention`] runs.
+pub fn attention_bf16(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Shape, scale: f32) {
+    use crate::gemm_bf16::{self, Activation, PackedB};
+    use half::bf16;
+    let Shape {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim: d,
+    } = s;
+    let width = heads * d;
+    assert!(
+        scale > 0.0,
+        "attention: scale must be positive, got {scale}"
+    );
+    assert!(
+        out.len() >= batch * q_len * width,
+        "attention: output too short"
+    );
+    for (name, t, l) in [("q", &q, q_len), ("k", &k, kv_len), ("v", &v, kv_len)] {
+        if batch * l * heads * d > 0 {
+            let last = (batch - 1) * t.batch + (l - 1) * t.token + (heads - 1) * t.head + d - 1;
+            assert!(last < t.data.len(), "attention: {name} too short");
+        }
+    }
+    if batch * q_len * heads * d == 0 {
+        return;
+    }
+    if !gemm_bf16::amx_available() || kv_len == 0 {
+        let widen = |t: &Heads16| -> Vec<f32> { t.data.iter().map(|x| x.to_f32()).collect() };
+        let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
+        let qh = Heads {
+            data: &qf,
+            batch: q.batch,
+            token: q.token,
+            head: q.head,
+        };
+        let kh = Heads {
+            data: &kf,
+            batch: k.batch,
+            token: k.token,
+            head: k.head,
+        };
+        let vh = Heads {
+            data: &vf,
+            batch: v.batch,
+            token: v.token,
+            head: v.head,
+        };
+        return attention(qh, kh, vh, out, s, scale);
+    }
+    let optr = SharedMut(out.as_mut_ptr());
+    for b in 0..batch {
+        for h in 0..heads {
+            let kb = &k.data[b * k.batch + h * k.head..];
+            let vb = &v.data[b * v.batch + h * v.head..];
+            let kt = PackedB::pack(d, kv_len, kb, 1, k.token);
+            let vp = PackedB::pack(kv_len, d, vb, v.token, 1);
+            let qb = &q.data[b * q.batch + h * q.head..];
+            let blocks = q_len.div_ceil(BQ);
+            let task = |blk: usize| {
+                let i0 = blk * BQ;
+                let rows = BQ.min(q_len - i0);
+                with_scratch(|[sbuf, pbuf, obuf]: &mut [AlignedBuf; 3]| {
+                    let scores = sbuf.slice_mut::<f32>(rows * kv_len);
+                    gemm_bf16::gemm_serial(
+                        rows,
+                        &qb[i0 * q.token..],
+                        q.token,
+                        &kt,
+                        scores,
+                        kv_len,
+                        None,
+                        Activation::None,
+                    );
+                    let probs = pbuf.slice_mut::<u16>(rows * kv_len);
+                    let mut sums = [0f32; BQ];
+                    for r in 0..rows {
+                        let row = &mut scores[r * kv_len..(r + 1) * kv_len];
+                        let (_, total) = rows::exp_shifted(row, scale, f32::NEG_INFINITY);
+                        sums[r] = total;
+                        for (p, &x) in probs[r * kv_len..(r + 1) * kv_len]
+                            .iter_mut()
+                            .zip(row.iter())
+                        {
+                            *p = bf16::from_f32(x).to_bits();
+                        }
+                    }
+                    // SAFETY: u16 and bf16 have the same layout.
+                    let probs: &[bf16] = unsafe {
+                        std::slice::from_raw_parts(probs.as_ptr() as *const bf16, probs.len())
+                    };
+                    let acc = obuf.slice_mut::<f32>(rows * d);
+                    gemm_bf16::gemm_serial(
+                        rows,
+                        probs,
+                        kv_len,
+                        &vp,
+                        acc,
+                        d,
+                        None,
+                        Activation::None,
+                    );
+                    for r in 0..rows {
+                        let inv = 1.0 / sums[r];
+                        // SAFETY: row (b, i0 + r), head h: inside `out` and written by this task
+                        // only.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                optr.at((b * q_len + i0 + r) * width + h * d),
+                                d,
+                            )
+                        };
+                        for (o, &x) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                            *o = x * inv;
+                        }
+                    }
+                })
+            };
+            if blocks > 1 {
+                (0..blocks).into_par_iter().for_each(task);
+            } else {
+                task(0);
+            }
+        }
+    }
+}
+
+/// [`Heads`] over bf16 data.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads16<'a> {
+    pub data: &'a [half::bf16],
+    pub batch: usize,
+    pub token: usize,
+    pub head: usize,
+}
+
+impl<'a> Heads16<'a> {
+    /// The `[B, L, H·d]` layout.
+    pub fn tokens_major(
+        data: &'a [half::bf16],
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            data,
+            batch: tokens * heads * head_dim,
+            token: heads * head_dim,
+            head: head_dim,
+        }
+    }
+}

@@ -300,6 +300,36 @@ pub fn gemm<A: ToBf16, C: FromF32>(
     bias: Option<&[f32]>,
     act: Activation,
 ) {
+    gemm_impl(m, a, lda, b, c, ldc, bias, act, true)
+}
+
+/// [`gemm`] on the calling thread only (for use inside other parallel kernels).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial<A: ToBf16, C: FromF32>(
+    m: usize,
+    a: &[A],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [C],
+    ldc: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+) {
+    gemm_impl(m, a, lda, b, c, ldc, bias, act, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl<A: ToBf16, C: FromF32>(
+    m: usize,
+    a: &[A],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [C],
+    ldc: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    parallel: bool,
+) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -328,31 +358,38 @@ pub fn gemm<A: ToBf16, C: FromF32>(
     let alen = mpanels * kchunks * TILE_ELEMS;
     let mut abuf = AlignedBuf::with_len::<u16>(alen);
     let apack = abuf.slice_mut::<u16>(alen);
-    apack
-        .par_chunks_mut((kchunks * TILE_ELEMS).max(1))
-        .enumerate()
-        .for_each(|(q, panel)| {
-            for r in 0..TILE {
-                let i = q * TILE + r;
-                for c in 0..kchunks {
-                    let row =
-                        &mut panel[c * TILE_ELEMS + r * KSTEP..c * TILE_ELEMS + (r + 1) * KSTEP];
-                    let p0 = c * KSTEP;
-                    let valid = if i < m {
-                        KSTEP.min(k.saturating_sub(p0))
+    let pack_panel = |(q, panel): (usize, &mut [u16])| {
+        for r in 0..TILE {
+            let i = q * TILE + r;
+            for c in 0..kchunks {
+                let row = &mut panel[c * TILE_ELEMS + r * KSTEP..c * TILE_ELEMS + (r + 1) * KSTEP];
+                let p0 = c * KSTEP;
+                let valid = if i < m {
+                    KSTEP.min(k.saturating_sub(p0))
+                } else {
+                    0
+                };
+                for (e, dst) in row.iter_mut().enumerate() {
+                    *dst = if e < valid {
+                        a[i * lda + p0 + e].bits()
                     } else {
                         0
                     };
-                    for (e, dst) in row.iter_mut().enumerate() {
-                        *dst = if e < valid {
-                            a[i * lda + p0 + e].bits()
-                        } else {
-                            0
-                        };
-                    }
                 }
             }
-        });
+        }
+    };
+    if parallel {
+        apack
+            .par_chunks_mut((kchunks * TILE_ELEMS).max(1))
+            .enumerate()
+            .for_each(pack_panel);
+    } else {
+        apack
+            .chunks_mut((kchunks * TILE_ELEMS).max(1))
+            .enumerate()
+            .for_each(pack_panel);
+    }
     let apack: &[u16] = apack;
     let bpack = b.tiles();
 
@@ -360,12 +397,16 @@ pub fn gemm<A: ToBf16, C: FromF32>(
     let npairs = b.panels / 2;
     let nblocks = (n.div_ceil(NBLOCK)).max(1);
     let pairs_per_nblock = NBLOCK / (2 * TILE);
-    let threads = rayon::current_num_threads();
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mpairs);
     let pairs_per_mgroup = mpairs.div_ceil(mgroups);
     let mgroups = mpairs.div_ceil(pairs_per_mgroup);
     let cptr = SharedMut(c.as_mut_ptr());
-    (0..nblocks * mgroups).into_par_iter().for_each(|t| {
+    let task = |t: usize| {
         let (nb, mg) = (t / mgroups, t % mgroups);
         let np = nb * pairs_per_nblock..((nb + 1) * pairs_per_nblock).min(npairs);
         let mp = mg * pairs_per_mgroup..((mg + 1) * pairs_per_mgroup).min(mpairs);
@@ -387,7 +428,12 @@ pub fn gemm<A: ToBf16, C: FromF32>(
                 }
             })
         }
-    });
+    };
+    if parallel {
+        (0..nblocks * mgroups).into_par_iter().for_each(task);
+    } else {
+        (0..nblocks * mgroups).for_each(task);
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -124,3 +124,51 @@ fn silu_matches_its_definition() {
         );
     }
 }
+
+#[test]
+fn bf16_attention_matches_the_full_softmax_of_the_rounded_inputs() {
+    use half::bf16;
+    use zoetrope_kernels::attention::Heads16;
+    for &(b, h, lq, lk, d) in &[(1, 2, 70, 300, 64), (2, 1, 5, 40, 32)] {
+        let w = h * d;
+        let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
+        let q = round(rand_vec(b * lq * w, 11, 2.0));
+        let k = round(rand_vec(b * lk * w, 12, 2.0));
+        let v = round(rand_vec(b * lk * w, 13, 1.0));
+        let s = Shape {
+            batch: b,
+            heads: h,
+            q_len: lq,
+            kv_len: lk,
+            head_dim: d,
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        let wide = |x: &[bf16]| -> Vec<f32> { x.iter().map(|v| v.to_f32()).collect() };
+        let (qf, kf, vf) = (wide(&q), wide(&k), wide(&v));
+        let mut want = vec![0f32; b * lq * w];
+        attention::reference(
+            Heads::tokens_major(&qf, lq, h, d),
+            Heads::tokens_major(&kf, lk, h, d),
+            Heads::tokens_major(&vf, lk, h, d),
+            &mut want,
+            s,
+            scale,
+        );
+        let mut got = vec![f32::NAN; b * lq * w];
+        attention::attention_bf16(
+            Heads16::tokens_major(&q, lq, h, d),
+            Heads16::tokens_major(&k, lk, h, d),
+            Heads16::tokens_major(&v, lk, h, d),
+            &mut got,
+            s,
+            scale,
+        );
+        // The probabilities are rounded to bf16 (2^-9 relative) before P·V.
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-2, "[{b},{h},{lq},{lk},{d}]: max error {err}");
+    }
+}

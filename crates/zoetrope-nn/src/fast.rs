@@ -330,7 +330,8 @@ impl CustomOp1 for LinearAmx<'_> {
 }
 
 /// Unmasked scaled dot-product attention, `softmax(q·kᵀ/√d)·v` per head, for `q [B, Lq, H·d]`,
-/// `k, v [B, Lk, H·d]`; returns `[B, Lq, H·d]` in f32. Off the kernels' path it is the plain
+/// `k, v [B, Lk, H·d]`; returns `[B, Lq, H·d]` in f32. bf16 inputs run on AMX tiles
+/// ([`zoetrope_kernels::attention::attention_bf16`]), f32 on the flash kernel. Off the kernels' path it is the plain
 /// composite in f32 (heads transposed, full score matrix).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, lq, width) = q.dims3()?;
@@ -341,6 +342,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
             q.dims(),
             k.dims(),
             v.dims()
+        );
+    }
+    let all_bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
+    if kernels_on(q) && all_bf16 && gemm_bf16::amx_available() {
+        return q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &Flash { heads },
         );
     }
     let q = q.to_dtype(DType::F32)?.contiguous()?;
@@ -380,9 +389,6 @@ impl CustomOp3 for Flash {
         let (b, lq, width) = ql.shape().dims3()?;
         let lk = kl.shape().dims3()?.1;
         let d = width / self.heads;
-        let q = slice::<f32>("attention", qs, ql)?;
-        let k = slice::<f32>("attention", ks, kl)?;
-        let v = slice::<f32>("attention", vs, vl)?;
         let mut out = vec![0f32; b * lq * width];
         let shape = flash::Shape {
             batch: b,
@@ -391,6 +397,23 @@ impl CustomOp3 for Flash {
             kv_len: lk,
             head_dim: d,
         };
+        if let CpuStorage::BF16(_) = qs {
+            let q = slice::<bf16>("attention", qs, ql)?;
+            let k = slice::<bf16>("attention", ks, kl)?;
+            let v = slice::<bf16>("attention", vs, vl)?;
+            flash::attention_bf16(
+                flash::Heads16::tokens_major(q, lq, self.heads, d),
+                flash::Heads16::tokens_major(k, lk, self.heads, d),
+                flash::Heads16::tokens_major(v, lk, self.heads, d),
+                &mut out,
+                shape,
+                1.0 / (d as f32).sqrt(),
+            );
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
+        }
+        let q = slice::<f32>("attention", qs, ql)?;
+        let k = slice::<f32>("attention", ks, kl)?;
+        let v = slice::<f32>("attention", vs, vl)?;
         flash::attention(
             Heads::tokens_major(q, lq, self.heads, d),
             Heads::tokens_major(k, lk, self.heads, d),

@@ -112,6 +112,14 @@ fn attention_matches_the_composite() {
         .unwrap();
     let err = max_abs_diff(&got, &want).unwrap();
     assert!(err < 1e-5, "{err}");
+    // bf16 inputs (AMX where the CPU has it): near the f32 result of the rounded inputs.
+    let r = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let got16 = fast::attention(&r(&q), &r(&k), &r(&v), heads).unwrap();
+    assert_eq!(got16.dtype(), DType::F32);
+    let f = |t: &Tensor| r(t).to_dtype(DType::F32).unwrap();
+    let want16 = fast::attention(&f(&q), &f(&k), &f(&v), heads).unwrap();
+    let err = max_abs_diff(&got16, &want16).unwrap();
+    assert!(err < 1e-2, "bf16: {err}");
 }
 
 fn layer_norm(x: &Tensor, eps: f64) -> Tensor {
