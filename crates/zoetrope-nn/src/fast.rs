@@ -27,9 +27,10 @@ use zoetrope_kernels::gemm::{self, Beta, Mat, PackedF32};
 use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 use zoetrope_kernels::rows;
 
-/// Whether the kernels serve a tensor on `device` (CPU, and not switched off).
+/// Whether the kernels serve `t`: on the CPU, not switched off, and not part of a graph that
+/// needs gradients (these kernels have no backward).
 fn kernels_on(t: &Tensor) -> bool {
-    t.device().is_cpu() && crate::fused::enabled()
+    t.device().is_cpu() && crate::fused::enabled() && !t.track_op()
 }
 
 /// A contiguous tensor's elements as a slice of `T`.
@@ -95,11 +96,15 @@ impl Linear {
             dtype,
         };
         let w = layer.weight.as_ref().expect("just set");
-        if dtype == DType::BF16 && w.device().is_cpu() && gemm_bf16::amx_available() {
+        if dtype == DType::BF16
+            && w.device().is_cpu()
+            && !w.track_op()
+            && gemm_bf16::amx_available()
+        {
             let data = w.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
             layer.packed = Some(Arc::new(PackedB::pack(in_dim, out_dim, &data, 1, in_dim)));
             layer.weight = None;
-        } else if dtype == DType::F32 && w.device().is_cpu() && !w.is_variable() {
+        } else if dtype == DType::F32 && w.device().is_cpu() && !w.track_op() {
             let data = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let packed = PackedF32::pack(Mat::transposed(&data, in_dim), in_dim, out_dim);
             layer.packed_f32 = Some(Arc::new(packed));
@@ -177,7 +182,8 @@ impl Linear {
             );
         }
         if let Some(packed) = &self.packed {
-            if x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F32) {
+            if x.device().is_cpu() && !x.track_op() && matches!(x.dtype(), DType::BF16 | DType::F32)
+            {
                 let op = LinearAmx {
                     packed,
                     bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
@@ -751,7 +757,7 @@ impl CustomOp3 for Rope {
 /// kernel for f32 on the CPU (no im2col buffer), candle's `conv2d` per folded tap otherwise
 /// (through [`crate::conv3d::CausalConv3d`], which calls this).
 pub fn conv3d_kernel_supported(x: &Tensor, weight: &Tensor) -> bool {
-    kernels_on(x) && x.dtype() == DType::F32 && weight.dtype() == DType::F32
+    kernels_on(x) && !weight.track_op() && x.dtype() == DType::F32 && weight.dtype() == DType::F32
 }
 
 /// The kernel path of a valid-in-time 3D convolution; see [`conv3d_kernel_supported`].
