@@ -466,7 +466,7 @@ fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
 
     let bar = progress::bar(req.steps as u64, "denoising");
     let first_decode = std::cell::Cell::new(true);
-    let video = pipe.generate(&req, &mut |stage| match stage {
+    let out = pipe.generate(&req, &mut |stage| match stage {
         Stage::EncodingText => bar.set_message("text"),
         Stage::Denoising { step, .. } => {
             bar.set_message("denoising");
@@ -485,7 +485,7 @@ fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT));
-    write_output(&output, &video, args.fps.unwrap_or(WAN_FPS))?;
+    write_output(&output, &out.video, args.fps.unwrap_or(WAN_FPS))?;
     eprintln!("wrote {}", output.display());
     Ok(())
 }
