@@ -89,6 +89,8 @@ pub struct EvalModelArgs {
     /// Seed of the first prompt's clip; prompt i gets seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    cache: crate::generate::CacheArgs,
     /// Score only the first N prompts.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -121,6 +123,9 @@ struct Settings {
     shift: Option<f64>,
     sampler: Option<&'static str>,
     seed: u64,
+    /// The step cache's threshold, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_steps: Option<f64>,
 }
 
 impl Settings {
@@ -140,6 +145,9 @@ impl Settings {
         }
         if let (Some(shift), Some(sampler)) = (self.shift, self.sampler) {
             s.push_str(&format!(", {sampler}, shift {shift}"));
+        }
+        if let Some(t) = self.cache_steps {
+            s.push_str(&format!(", step cache {t}"));
         }
         let last = self.seed.wrapping_add(clips.saturating_sub(1) as u64);
         s.push_str(&format!(" | seeds {}..={last}", self.seed));
@@ -163,6 +171,8 @@ struct JsonOutput<'a> {
     settings: &'a Settings,
     summary: &'a zoetrope_world::BatchSummary,
     median_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_cache: Option<&'a zoetrope_models::step_cache::StepCacheReport>,
     clips: Vec<JsonClip<'a>>,
 }
 
@@ -310,6 +320,7 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             shift: None,
             sampler: None,
             seed: args.seed,
+            cache_steps: None,
         };
         let opts = RenderOptions {
             width: width as u32,
@@ -341,6 +352,7 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             shift: args.shift,
             sampler: args.sampler,
             seed: args.seed,
+            cache: args.cache,
         }
         .apply(&mut req);
         pipe.check(&req)?;
@@ -359,6 +371,7 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
             shift: sampled.then_some(req.shift),
             sampler: sampled.then_some(req.sampler.name()),
             seed: req.seed,
+            cache_steps: req.cache_steps.filter(|_| sampled),
         };
         let scores = if sampled {
             score_prompts(&pipe, &prompts, &req, &mut observer)?
@@ -424,6 +437,9 @@ fn print_table(settings: &Settings, scores: &PromptScores) {
             duration(scores.seconds.iter().sum::<f64>())
         );
     }
+    if let Some(report) = &scores.step_cache {
+        println!("step cache: {report} (all clips)");
+    }
 }
 
 /// Seconds for people: ms below a tenth of a second (rendering a clip takes a few ms).
@@ -454,6 +470,7 @@ fn print_json(settings: &Settings, scores: &PromptScores, saved: bool) -> anyhow
         settings,
         summary: &scores.batch.summary,
         median_seconds: scores.median_seconds(),
+        step_cache: scores.step_cache.as_ref(),
         clips,
     };
     let mut stdout = std::io::stdout().lock();

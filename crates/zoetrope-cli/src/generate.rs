@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
+use zoetrope_models::step_cache::{
+    check_threshold, StepCacheLimits, DEFAULT_MAX_CONSECUTIVE_SKIPS, DEFAULT_WARMUP_STEPS,
+};
 use zoetrope_models::wan::pipeline::{Stage, WanPipeline, WanRequest};
 use zoetrope_models::wan::vae::WanVaeTiling;
 use zoetrope_models::world::model::{WorldModel, MANIFEST_FILE};
@@ -108,6 +111,8 @@ struct GenerateOptions {
     /// Random seed for the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Start from this noise instead of seeded noise: a .safetensors file with tensor `latents`
     /// (f32, [1, C, T, h, w]), e.g. to compare exactly with a reference run (Wan).
     #[arg(long)]
@@ -300,6 +305,44 @@ fn read_conditioning(args: &GenerateOptions) -> anyhow::Result<Conditioning> {
     })
 }
 
+/// Step caching (First-Block Cache), shared by `generate` and `eval model`.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct CacheArgs {
+    // The help is built from the constants so that the limits shown are the ones used.
+    #[arg(long, value_name = "THRESHOLD", value_parser = parse_cache_threshold, help = format!(
+        "Step caching (off by default): reuse the transformer's blocks after the first on steps \
+         whose first block changed less than THRESHOLD (relative L1; e.g. 0.05 or 0.1) since the \
+         last computed step. Faster, not exact: larger values skip more and change the clip \
+         more. Never skips the first {DEFAULT_WARMUP_STEPS} steps or more than \
+         {DEFAULT_MAX_CONSECUTIVE_SKIPS} in a row (--cache-max-skips)"
+    ))]
+    pub cache_steps: Option<f64>,
+    #[arg(long, value_name = "N", requires = "cache_steps", help = format!(
+        "With --cache-steps: the most consecutive steps that may be skipped \
+         [default: {DEFAULT_MAX_CONSECUTIVE_SKIPS}]"
+    ))]
+    pub cache_max_skips: Option<usize>,
+}
+
+impl CacheArgs {
+    pub fn limits(&self) -> StepCacheLimits {
+        StepCacheLimits {
+            max_consecutive_skips: self
+                .cache_max_skips
+                .unwrap_or(DEFAULT_MAX_CONSECUTIVE_SKIPS),
+            ..StepCacheLimits::default()
+        }
+    }
+}
+
+fn parse_cache_threshold(s: &str) -> Result<f64, String> {
+    let t: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number (try 0.05)"))?;
+    check_threshold(t)?;
+    Ok(t)
+}
+
 /// The sampling flags a world-model request takes from the command line (`generate`, `eval
 /// model`); `None` keeps what the request already holds.
 pub(crate) struct WorldOverrides {
@@ -310,6 +353,7 @@ pub(crate) struct WorldOverrides {
     pub shift: Option<f64>,
     pub sampler: Option<Sampler>,
     pub seed: u64,
+    pub cache: CacheArgs,
 }
 
 impl WorldOverrides {
@@ -333,6 +377,8 @@ impl WorldOverrides {
             req.sampler = s.into();
         }
         req.seed = self.seed;
+        req.cache_steps = self.cache.cache_steps;
+        req.cache_limits = self.cache.limits();
     }
 }
 
@@ -358,6 +404,7 @@ fn world_request(
         shift: args.shift,
         sampler: args.sampler,
         seed: args.seed,
+        cache: args.cache,
     }
     .apply(&mut req);
     if let Some(fps) = args.fps {
@@ -419,6 +466,9 @@ fn generate_world(args: &GenerateOptions, dir: Option<&Path>) -> anyhow::Result<
         video.height(),
         video.fps()
     );
+    if let Some(report) = out.step_cache {
+        eprintln!("step cache: {report}");
+    }
     Ok(())
 }
 
@@ -441,6 +491,8 @@ fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
     req.seed = args.seed;
     req.shift = args.shift;
     req.sampler = args.sampler.map(SamplerKind::from);
+    req.cache_steps = args.cache.cache_steps;
+    req.cache_limits = args.cache.limits();
     if let Some(path) = &args.latents {
         req.latents = Some(read_latents(path, &device)?);
     }
@@ -466,7 +518,7 @@ fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
 
     let bar = progress::bar(req.steps as u64, "denoising");
     let first_decode = std::cell::Cell::new(true);
-    let video = pipe.generate(&req, &mut |stage| match stage {
+    let out = pipe.generate(&req, &mut |stage| match stage {
         Stage::EncodingText => bar.set_message("text"),
         Stage::Denoising { step, .. } => {
             bar.set_message("denoising");
@@ -485,8 +537,11 @@ fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT));
-    write_output(&output, &video, args.fps.unwrap_or(WAN_FPS))?;
+    write_output(&output, &out.video, args.fps.unwrap_or(WAN_FPS))?;
     eprintln!("wrote {}", output.display());
+    if let Some(report) = out.step_cache {
+        eprintln!("step cache: {report}");
+    }
     Ok(())
 }
 

@@ -321,6 +321,61 @@ fn generate_with_wan_folder_matches_reference_video() {
     assert_eq!((v.width(), v.height(), v.len()), (48, 32, 9));
 }
 
+/// `--cache-steps` turns the step cache on and the run says what it skipped; bad values are
+/// refused before anything loads.
+#[test]
+fn generate_with_the_step_cache_reports_the_skipped_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = wan_fixtures().join("tiny");
+    let out = dir.path().join("video.safetensors");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "a cat",
+            "--model",
+            path_str(&model),
+            "--size",
+            "48x32",
+            "--frames",
+            "9",
+            "--steps",
+            "6",
+            "--text-length",
+            "32",
+            "-o",
+            path_str(&out),
+        ];
+        args.extend_from_slice(extra);
+        zoetrope(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("step cache"), "{}", stderr(&o));
+    // Every change is below 1e9: the two warm-up steps, then three skipped, then one computed.
+    let o = run(&["--cache-steps", "1e9"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "step cache: skipped 3 of 6 steps (conditional branch), 3 of 6 (unconditional branch)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--cache-steps", "1e9", "--cache-max-skips", "1"]);
+    assert!(
+        stderr(&o).contains("skipped 2 of 6 steps"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["--cache-steps=-0.1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("≥ 0"), "{}", stderr(&o));
+    let o = run(&["--cache-max-skips", "2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--cache-steps"), "{}", stderr(&o));
+}
+
 #[test]
 fn generate_rejects_impossible_wan_sizes_and_bad_latents() {
     let model = wan_fixtures().join("tiny");

@@ -1,10 +1,12 @@
 //! The whole Wan pipeline against diffusers' `WanPipeline` on the tiny random-weight model
 //! (tests/fixtures/wan, made by tools/parity/make_wan_fixtures.py): from the same initial latents,
-//! both schedulers, with and without classifier-free guidance, at a non-square size (48×32).
+//! both schedulers, with and without classifier-free guidance, at a non-square size (48×32); and
+//! the step cache on the same model.
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use zoetrope_models::step_cache::{StepCacheLimits, StepCacheReport, StepCacheStats};
 use zoetrope_models::wan::pipeline::{Stage, WanPipeline, WanRequest};
 use zoetrope_sampling::SamplerKind;
 
@@ -76,7 +78,9 @@ fn run(name: &str, sampler: SamplerKind, guidance: f64) {
 
     // The one-call path gives the same video.
     let again = pipe.generate(&req, &mut |_| {}).unwrap();
-    assert_eq!(max_abs(&again, &video), 0.0);
+    assert_eq!(max_abs(&again.video, &video), 0.0);
+    assert_eq!(max_abs(&again.latents, &final_latents), 0.0);
+    assert!(again.step_cache.is_none());
 }
 
 #[test]
@@ -202,4 +206,121 @@ fn tiled_decoding_goes_through_the_vae_tiler() {
         .unwrap();
     let direct = direct.squeeze(0).unwrap().permute((1, 0, 2, 3)).unwrap();
     assert_eq!(max_abs(&tiled, &direct), 0.0);
+}
+
+/// The tiny pipeline with the fixture's text length, a guided 10-step request from the
+/// fixture's initial latents, and its text embeddings.
+fn cache_setup() -> (WanPipeline, WanRequest, Tensor, Tensor) {
+    let dev = Device::Cpu;
+    let refs =
+        candle_core::safetensors::load(fixtures().join("pipeline_ref.safetensors"), &dev).unwrap();
+    let mut pipe = WanPipeline::load(&fixtures().join("tiny"), DType::F32, &dev).unwrap();
+    pipe.set_max_sequence_length(32);
+    let mut req = WanRequest::new("a cat");
+    (req.width, req.height, req.frames, req.steps, req.guidance) = (48, 32, 9, 10, 5.0);
+    req.latents = Some(refs["latents_init"].clone());
+    let (cond, uncond) = (
+        refs["prompt_embeds"].clone(),
+        refs["negative_prompt_embeds"].clone(),
+    );
+    (pipe, req, cond, uncond)
+}
+
+fn denoise_cached(
+    pipe: &WanPipeline,
+    req: &WanRequest,
+    cond: &Tensor,
+    uncond: &Tensor,
+) -> (Tensor, Option<StepCacheReport>) {
+    let l = pipe.initial_latents(req).unwrap();
+    pipe.denoise_with_report(req, l, cond, Some(uncond), &mut |_| {})
+        .unwrap()
+}
+
+#[test]
+fn step_cache_at_threshold_zero_is_exact_and_a_large_one_skips_within_the_limits() {
+    let (pipe, mut req, cond, uncond) = cache_setup();
+    let (plain, none) = denoise_cached(&pipe, &req, &cond, &uncond);
+    assert!(none.is_none());
+
+    req.cache_steps = Some(0.0);
+    let (exact, report) = denoise_cached(&pipe, &req, &cond, &uncond);
+    assert_eq!(max_abs(&exact, &plain), 0.0);
+    let all = StepCacheStats {
+        calls: 10,
+        skipped: 0,
+    };
+    assert_eq!(
+        report,
+        Some(StepCacheReport {
+            cond: all,
+            uncond: Some(all)
+        })
+    );
+
+    // Every change is below this: only the limits decide. With 2 warm-up steps and at most 3
+    // in a row, steps 2-4 and 6-8 are skipped in each branch.
+    req.cache_steps = Some(1e9);
+    let (cached, report) = denoise_cached(&pipe, &req, &cond, &uncond);
+    let six = StepCacheStats {
+        calls: 10,
+        skipped: 6,
+    };
+    assert_eq!(
+        report,
+        Some(StepCacheReport {
+            cond: six,
+            uncond: Some(six)
+        })
+    );
+    let d = max_abs(&cached, &plain);
+    assert!(d > 1e-3 && d.is_finite(), "skipping changed nothing ({d})");
+
+    req.cache_limits = StepCacheLimits {
+        warmup_steps: 1,
+        max_consecutive_skips: 1,
+    };
+    let (_, report) = denoise_cached(&pipe, &req, &cond, &uncond);
+    // Steps 1, 3, 5, 7, 9.
+    assert_eq!(report.unwrap().total().skipped, 10);
+
+    // The one-call path reports it too.
+    let out = pipe.generate(&req, &mut |_| {}).unwrap();
+    assert_eq!(out.step_cache.unwrap().cond.skipped, 5);
+}
+
+#[test]
+fn step_cache_keeps_the_guidance_branches_apart() {
+    use zoetrope_models::step_cache::{StepCache, StepCacheConfig};
+    use zoetrope_sampling::SchedulerConfig;
+    let (pipe, mut req, cond, uncond) = cache_setup();
+    req.cache_steps = Some(1e9);
+    let (cached, _) = denoise_cached(&pipe, &req, &cond, &uncond);
+
+    // The same loop by hand, with one cache per branch, and with one cache for both.
+    let by_hand = |shared: bool| {
+        let config = StepCacheConfig::new(1e9, StepCacheLimits::default()).unwrap();
+        let mut caches = [StepCache::new(config), StepCache::new(config)];
+        let mut scheduler =
+            SchedulerConfig::from_file(fixtures().join("tiny/scheduler/scheduler_config.json"))
+                .unwrap()
+                .build()
+                .unwrap();
+        scheduler.set_timesteps(req.steps).unwrap();
+        let mut x = pipe.initial_latents(&req).unwrap();
+        let model = pipe.transformer();
+        for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
+            let t = Tensor::new(&[t as f32], &Device::Cpu).unwrap();
+            let v_c = model.forward_cached(&x, &t, &cond, &mut caches[0]).unwrap();
+            let v_u = model
+                .forward_cached(&x, &t, &uncond, &mut caches[usize::from(!shared)])
+                .unwrap();
+            let v = (&v_u + ((v_c - &v_u).unwrap() * req.guidance).unwrap()).unwrap();
+            x = scheduler.step(&v, i, &x).unwrap();
+        }
+        x
+    };
+    assert_eq!(max_abs(&by_hand(false), &cached), 0.0);
+    // A shared cache compares each branch with the other's residual: another result.
+    assert!(max_abs(&by_hand(true), &cached) > 1e-3);
 }

@@ -1,6 +1,6 @@
 //! The world model's sampling pipeline on a tiny random model: shapes for several sizes and
 //! aspect ratios, seeding, both samplers, batched guidance, every conditioning mode, request
-//! errors and unknown words. Small models only (fast in `--profile ci`).
+//! errors, unknown words and the step cache. Small models only (fast in `--profile ci`).
 
 use std::path::Path;
 
@@ -9,6 +9,9 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use zoetrope_models::step_cache::{
+    StepCache, StepCacheConfig, StepCacheLimits, StepCacheReport, StepCacheStats,
+};
 use zoetrope_models::world::dit::{randn_like, WorldDitConfig};
 use zoetrope_models::world::model::{
     SamplingDefaults, WorldModel, WorldModelManifest, FORMAT, MANIFEST_FILE, WEIGHTS_FILE,
@@ -670,4 +673,121 @@ fn the_builtin_model_loads_or_says_how_to_get_one() {
             );
         }
     }
+}
+
+#[test]
+fn step_cache_at_threshold_zero_is_exact_and_a_large_one_skips_within_the_limits() {
+    let pipe = tiny_pipeline();
+    let mut req = request(&pipe, "a big red ball falls and bounces on white");
+    req.steps = 10;
+    assert!(req.guidance != 1.0, "the tiny model guides by default");
+    let plain = run(&pipe, &req);
+    assert!(plain.step_cache.is_none());
+
+    req.cache_steps = Some(0.0);
+    let exact = run(&pipe, &req);
+    assert_eq!(max_abs_diff(&exact.latents, &plain.latents).unwrap(), 0.0);
+    assert_eq!(exact.video, plain.video);
+    let all = StepCacheStats {
+        calls: 10,
+        skipped: 0,
+    };
+    assert_eq!(
+        exact.step_cache,
+        Some(StepCacheReport {
+            cond: all,
+            uncond: Some(all)
+        })
+    );
+
+    // Every change is below this: only the limits decide. With 2 warm-up steps and at most 3
+    // in a row, steps 2-4 and 6-8 are skipped in each branch.
+    req.cache_steps = Some(1e9);
+    let cached = run(&pipe, &req);
+    let six = StepCacheStats {
+        calls: 10,
+        skipped: 6,
+    };
+    assert_eq!(
+        cached.step_cache,
+        Some(StepCacheReport {
+            cond: six,
+            uncond: Some(six)
+        })
+    );
+    assert!(max_abs_diff(&cached.latents, &plain.latents).unwrap() > DIFFERENT);
+
+    req.cache_limits = StepCacheLimits {
+        warmup_steps: 1,
+        max_consecutive_skips: 1,
+    };
+    // Steps 1, 3, 5, 7, 9 of each branch.
+    assert_eq!(run(&pipe, &req).step_cache.unwrap().total().skipped, 10);
+
+    // Guidance 1: one branch. A loop without an image samples twice: the passes add up, each
+    // with a fresh cache (the first pass samples one latent frame, the second the clip).
+    req.guidance = 1.0;
+    req.cache_limits = StepCacheLimits::default();
+    req.conditioning = Conditioning::Loop { first: None };
+    let report = run(&pipe, &req).step_cache.unwrap();
+    assert_eq!(
+        report,
+        StepCacheReport {
+            cond: StepCacheStats {
+                calls: 20,
+                skipped: 12
+            },
+            uncond: None
+        }
+    );
+
+    req.cache_steps = Some(-0.1);
+    assert!(error(&pipe, &req).contains("threshold"));
+}
+
+#[test]
+fn step_cache_rows_are_separate_branches() {
+    // Branch by branch in one batched call: the conditional branch reuses its cache, the
+    // unconditional one (a fresh cache) computes alone; both must still be what the plain
+    // path gives at the same input, which fails if the computing row saw the other's text.
+    let pipe = tiny_pipeline();
+    let g = 3.0;
+    let text = pipe
+        .encode_text("a big red ball falls", "blue square", g)
+        .unwrap();
+    let x = randn_like(
+        &Tensor::zeros((1, 4, 3, 8, 8), DType::F32, &DEV).unwrap(),
+        &mut ChaCha8Rng::seed_from_u64(5),
+    )
+    .unwrap();
+    let config = StepCacheConfig::new(
+        1e9,
+        StepCacheLimits {
+            warmup_steps: 0,
+            max_consecutive_skips: 3,
+        },
+    )
+    .unwrap();
+    let plain = pipe.velocity(&x, 0.6, &text, g, None).unwrap();
+    let mut caches = vec![StepCache::new(config), StepCache::new(config)];
+    let first = pipe
+        .velocity_cached(&x, 0.6, &text, g, None, &mut caches)
+        .unwrap();
+    assert_eq!(max_abs_diff(&first, &plain).unwrap(), 0.0);
+    caches[1] = StepCache::new(config);
+    let mixed = pipe
+        .velocity_cached(&x, 0.6, &text, g, None, &mut caches)
+        .unwrap();
+    assert_eq!(caches[0].stats().skipped, 1);
+    assert_eq!(caches[1].stats().skipped, 0);
+    let d = max_abs_diff(&mixed, &plain).unwrap();
+    assert!(d <= GUIDANCE_TOL, "mixed rows differ by {d}");
+    // And the reused branch really is the cache's: at another time it stays put.
+    let later = pipe
+        .velocity_cached(&x, 0.2, &text, g, None, &mut caches)
+        .unwrap();
+    assert_eq!(caches[0].stats().skipped + caches[1].stats().skipped, 3);
+    assert!(
+        max_abs_diff(&later, &pipe.velocity(&x, 0.2, &text, g, None).unwrap()).unwrap() > DIFFERENT
+    );
 }

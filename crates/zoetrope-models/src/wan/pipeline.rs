@@ -13,6 +13,9 @@ use zoetrope_sampling::{SamplerKind, SchedulerConfig};
 use super::text::{TextEncoder, TextError, WAN_MAX_SEQUENCE_LENGTH};
 use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use super::vae::{AutoencoderKLWan, WanVaeTiling};
+use crate::step_cache::{
+    check_threshold, StepCache, StepCacheConfig, StepCacheLimits, StepCacheReport,
+};
 
 /// The VAE's spatial and temporal compression (8× in space, 4× in time, first frame alone).
 pub const VAE_SCALE_SPATIAL: usize = 8;
@@ -53,6 +56,12 @@ pub struct WanRequest {
     /// Override the folder's scheduler.
     pub sampler: Option<SamplerKind>,
     pub shift: Option<f64>,
+    /// First-Block Cache threshold ([`crate::step_cache`]): `None` runs every block at every
+    /// step; a value reuses the transformer's later blocks on steps whose first block changed
+    /// less than this (relative L1), trading exactness for speed.
+    pub cache_steps: Option<f64>,
+    /// Where the cache may skip, whatever the threshold.
+    pub cache_limits: StepCacheLimits,
 }
 
 impl WanRequest {
@@ -70,7 +79,16 @@ impl WanRequest {
             latents: None,
             sampler: None,
             shift: None,
+            cache_steps: None,
+            cache_limits: StepCacheLimits::default(),
         }
+    }
+
+    /// The step cache's settings, if caching is on (and the threshold is valid).
+    pub fn step_cache(&self) -> Result<Option<StepCacheConfig>> {
+        self.cache_steps
+            .map(|t| StepCacheConfig::new(t, self.cache_limits).map_err(WanError::Request))
+            .transpose()
     }
 
     /// The latent grid `(T, h, w)` for this request, or an error naming the allowed values.
@@ -105,12 +123,26 @@ impl WanRequest {
                 "steps must be at least 1 (Wan's reference uses 50)".into(),
             ));
         }
+        if let Some(t) = self.cache_steps {
+            check_threshold(t).map_err(WanError::Request)?;
+        }
         Ok((
             (self.frames - 1) / VAE_SCALE_TEMPORAL + 1,
             self.height / VAE_SCALE_SPATIAL,
             self.width / VAE_SCALE_SPATIAL,
         ))
     }
+}
+
+/// What [`WanPipeline::generate`] returns.
+#[derive(Clone, Debug)]
+pub struct WanOutput {
+    /// Frames `[F, 3, H, W]`, f32 in [0, 1].
+    pub video: Tensor,
+    /// The final latents `[1, C, T, h, w]` (f32, the diffusion model's normalised space).
+    pub latents: Tensor,
+    /// Steps the step cache skipped, per guidance branch, when caching was on.
+    pub step_cache: Option<StepCacheReport>,
 }
 
 /// Where the pipeline is, for progress display.
@@ -299,11 +331,31 @@ impl WanPipeline {
     pub fn denoise(
         &self,
         req: &WanRequest,
-        mut latents: Tensor,
+        latents: Tensor,
         cond: &Tensor,
         uncond: Option<&Tensor>,
         progress: &mut dyn FnMut(Stage),
     ) -> Result<Tensor> {
+        Ok(self
+            .denoise_with_report(req, latents, cond, uncond, progress)?
+            .0)
+    }
+
+    /// [`denoise`](Self::denoise), also returning what the step cache skipped when the request
+    /// turns it on (`req.cache_steps`); the two guidance branches have a cache each.
+    pub fn denoise_with_report(
+        &self,
+        req: &WanRequest,
+        mut latents: Tensor,
+        cond: &Tensor,
+        uncond: Option<&Tensor>,
+        progress: &mut dyn FnMut(Stage),
+    ) -> Result<(Tensor, Option<StepCacheReport>)> {
+        // [cond, uncond]: the branches see different text, so their block outputs differ.
+        let mut caches: Option<Vec<StepCache>> = req.step_cache()?.map(|config| {
+            let branches = if uncond.is_some() { 2 } else { 1 };
+            vec![StepCache::new(config); branches]
+        });
         let mut scheduler = self
             .scheduler
             .clone()
@@ -318,10 +370,17 @@ impl WanPipeline {
             });
             let x = latents.to_dtype(self.dtype)?;
             let t = Tensor::new(&[t as f32], &self.device)?;
-            let mut v = self.transformer.forward(&x, &t, cond)?;
+            let model =
+                |text: &Tensor, branch: usize, caches: &mut Option<Vec<StepCache>>| match caches {
+                    Some(c) => self
+                        .transformer
+                        .forward_cached(&x, &t, text, &mut c[branch]),
+                    None => self.transformer.forward(&x, &t, text),
+                };
+            let mut v = model(cond, 0, &mut caches)?;
             if let Some(uncond) = uncond {
                 // uncond + g·(cond − uncond), two separate calls, as the reference does.
-                let v_uncond = self.transformer.forward(&x, &t, uncond)?;
+                let v_uncond = model(uncond, 1, &mut caches)?;
                 v = (&v_uncond + ((v - &v_uncond)? * req.guidance)?)?;
             }
             latents = scheduler.step(&v, i, &latents)?;
@@ -330,7 +389,8 @@ impl WanPipeline {
             step: timesteps.len(),
             steps: timesteps.len(),
         });
-        Ok(latents)
+        let report = caches.as_deref().map(StepCacheReport::from_caches);
+        Ok((latents, report))
     }
 
     /// Decodes final latents to frames `[F, 3, H, W]`, f32 in [0, 1], one latent frame at a time.
@@ -368,13 +428,20 @@ impl WanPipeline {
         Ok(Tensor::cat(&chunks, 0)?)
     }
 
-    /// Text → video: frames `[F, 3, H, W]`, f32 in [0, 1].
-    pub fn generate(&self, req: &WanRequest, progress: &mut dyn FnMut(Stage)) -> Result<Tensor> {
+    /// Text → video: frames `[F, 3, H, W]`, f32 in [0, 1], with the final latents and what the
+    /// step cache skipped.
+    pub fn generate(&self, req: &WanRequest, progress: &mut dyn FnMut(Stage)) -> Result<WanOutput> {
         let latents = self.initial_latents(req)?;
         progress(Stage::EncodingText);
         let (cond, uncond) = self.encode_prompts(req)?;
-        let latents = self.denoise(req, latents, &cond, uncond.as_ref(), progress)?;
-        self.decode(&latents, progress)
+        let (latents, step_cache) =
+            self.denoise_with_report(req, latents, &cond, uncond.as_ref(), progress)?;
+        let video = self.decode(&latents, progress)?;
+        Ok(WanOutput {
+            video,
+            latents,
+            step_cache,
+        })
     }
 }
 

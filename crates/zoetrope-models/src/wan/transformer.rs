@@ -36,6 +36,7 @@ use zoetrope_nn::fused;
 use zoetrope_nn::Checkpoint;
 
 use super::keys;
+use crate::step_cache::StepCache;
 
 fn err(msg: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(msg.to_string())
@@ -844,7 +845,27 @@ impl WanTransformer3DModel {
         timestep: &Tensor,
         encoder_hidden_states: &Tensor,
     ) -> Result<Tensor> {
-        self.run(hidden_states, timestep, encoder_hidden_states, None)
+        self.run(hidden_states, timestep, encoder_hidden_states, None, None)
+    }
+
+    /// [`forward`](Self::forward) with First-Block Cache ([`crate::step_cache`]): block 0 always
+    /// runs; blocks 1.. run, or their residual from `cache` is reused when block 0's output moved
+    /// less than the cache's threshold since the last computed step. Use one cache per guidance
+    /// branch and sampling pass. With threshold 0 the result equals `forward`'s exactly.
+    pub fn forward_cached(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        cache: &mut StepCache,
+    ) -> Result<Tensor> {
+        self.run(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            None,
+            Some(cache),
+        )
     }
 
     /// [`forward`](Self::forward), also returning the intermediate values.
@@ -860,6 +881,7 @@ impl WanTransformer3DModel {
             timestep,
             encoder_hidden_states,
             Some(&mut trace),
+            None,
         )?;
         Ok((out, trace.expect("run fills the trace")))
     }
@@ -870,6 +892,7 @@ impl WanTransformer3DModel {
         timestep: &Tensor,
         encoder_hidden_states: &Tensor,
         trace: Option<&mut Option<WanTransformerTrace>>,
+        cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
         let dims = hidden_states.dims().to_vec();
         let grid = self.patch_grid(&dims)?;
@@ -902,10 +925,24 @@ impl WanTransformer3DModel {
 
         let mut block_outputs = Vec::new();
         let mut x = tokens.clone();
-        for block in &self.blocks {
-            x = block.forward(&x, &context, &modulation, (&cos, &sin), self.max_scores)?;
-            if trace.is_some() {
-                block_outputs.push(x.clone());
+        let run_block = |block: &WanBlock, x: &Tensor| {
+            block.forward(x, &context, &modulation, (&cos, &sin), self.max_scores)
+        };
+        match (cache, self.blocks.split_first()) {
+            (Some(cache), Some((first, rest))) => {
+                let x1 = run_block(first, &x)?;
+                x = cache.forward(&x, x1, |x1| {
+                    rest.iter()
+                        .try_fold(x1.clone(), |x, block| run_block(block, &x))
+                })?;
+            }
+            _ => {
+                for block in &self.blocks {
+                    x = run_block(block, &x)?;
+                    if trace.is_some() {
+                        block_outputs.push(x.clone());
+                    }
+                }
             }
         }
 

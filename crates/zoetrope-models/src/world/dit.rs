@@ -41,6 +41,8 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use zoetrope_nn::fused;
 
+use crate::step_cache::{forward_rows, StepCache};
+
 /// Timesteps `t ∈ [0, 1]` are scaled by this before the sinusoidal embedding, so its frequencies
 /// see the 0–1000 range they were designed for (as SD3 does).
 pub const TIMESTEP_SCALE: f64 = 1000.0;
@@ -882,6 +884,35 @@ impl WorldDit {
         text_mask: &Tensor,
         cond: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
+        self.run(x_t, t, text, text_mask, cond, None)
+    }
+
+    /// [`forward`](Self::forward) with First-Block Cache ([`crate::step_cache`]), one cache per
+    /// batch row (the guidance branches of a batched call): block 0 always runs; for each row,
+    /// blocks 1.. run, or their residual from its cache is reused when block 0's output moved
+    /// less than the threshold since that row's last computed step. Rows that compute run
+    /// together; when all do, the result equals `forward`'s exactly.
+    pub fn forward_cached(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        text_mask: &Tensor,
+        cond: Option<(&Tensor, &Tensor)>,
+        caches: &mut [StepCache],
+    ) -> Result<Tensor> {
+        self.run(x_t, t, text, text_mask, cond, Some(caches))
+    }
+
+    fn run(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        text_mask: &Tensor,
+        cond: Option<(&Tensor, &Tensor)>,
+        caches: Option<&mut [StepCache]>,
+    ) -> Result<Tensor> {
         let [b, c, tf, h, w] = latent_dims(x_t)?;
         if c != self.cfg.latent_channels {
             return Err(err(format!(
@@ -949,8 +980,26 @@ impl WorldDit {
             self.cfg.rope_theta,
             &self.device,
         )?;
-        for block in &self.blocks {
-            x = block.forward(&x, &cvec, &text, &bias, (&cos, &sin))?;
+        match (caches, self.blocks.split_first()) {
+            (Some(caches), Some((first, rest))) => {
+                let x1 = first.forward(&x, &cvec, &text, &bias, (&cos, &sin))?;
+                x = forward_rows(caches, &x, x1, |x1, rows| {
+                    // The rows that compute, when not the whole batch.
+                    let pick = |t: &Tensor| match rows {
+                        Some(i) => t.index_select(i, 0),
+                        None => Ok(t.clone()),
+                    };
+                    let (cvec, text, bias) = (pick(&cvec)?, pick(&text)?, pick(&bias)?);
+                    rest.iter().try_fold(x1.clone(), |x, block| {
+                        block.forward(&x, &cvec, &text, &bias, (&cos, &sin))
+                    })
+                })?;
+            }
+            _ => {
+                for block in &self.blocks {
+                    x = block.forward(&x, &cvec, &text, &bias, (&cos, &sin))?;
+                }
+            }
         }
 
         let m = fused::linear(&cvec, &self.final_modulation)?.unsqueeze(1)?;

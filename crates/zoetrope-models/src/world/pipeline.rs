@@ -43,6 +43,7 @@ use zoetrope_video::{Frame, Video, VideoError};
 
 use super::dit::{apply_given_frames, patch_grid, randn_like, EMPTY_CAPTION};
 use super::model::{SamplingDefaults, WorldModel};
+use crate::step_cache::{StepCache, StepCacheConfig, StepCacheLimits, StepCacheReport};
 
 /// Latent frames a clip gives for extending and connecting (each covers 4 frames after the
 /// first): enough to carry motion over, few enough to leave the model room.
@@ -154,6 +155,12 @@ pub struct WorldRequest {
     pub conditioning: Conditioning,
     /// Latent frames taken from a clip when extending or connecting.
     pub context_latents: usize,
+    /// First-Block Cache threshold ([`crate::step_cache`]): `None` runs every block at every
+    /// step; a value reuses the DiT's later blocks on steps whose first block changed less than
+    /// this (relative L1), trading exactness for speed.
+    pub cache_steps: Option<f64>,
+    /// Where the cache may skip, whatever the threshold.
+    pub cache_limits: StepCacheLimits,
 }
 
 impl WorldRequest {
@@ -177,7 +184,16 @@ impl WorldRequest {
             seed: 0,
             conditioning: Conditioning::None,
             context_latents: DEFAULT_CONTEXT_LATENTS,
+            cache_steps: None,
+            cache_limits: StepCacheLimits::default(),
         })
+    }
+
+    /// The step cache's settings, if caching is on (and the threshold is valid).
+    pub fn step_cache(&self) -> Result<Option<StepCacheConfig>> {
+        self.cache_steps
+            .map(|t| StepCacheConfig::new(t, self.cache_limits).map_err(request_error))
+            .transpose()
     }
 }
 
@@ -267,6 +283,9 @@ pub struct WorldOutput {
     pub given: Option<GivenFrames>,
     /// Words of the prompts the model does not know.
     pub unknown_words: Vec<String>,
+    /// Steps the step cache skipped, per guidance branch (all passes together), when caching
+    /// was on.
+    pub step_cache: Option<StepCacheReport>,
 }
 
 /// A request checked and turned into latent shapes.
@@ -285,11 +304,12 @@ struct Plan {
     model_calls: usize,
 }
 
-/// Counts model calls across passes and reports them.
+/// Counts model calls across passes and reports them; adds up the passes' step-cache reports.
 struct StepProgress<'a> {
     report: &'a mut dyn FnMut(Stage),
     done: usize,
     total: usize,
+    step_cache: Option<StepCacheReport>,
 }
 
 impl StepProgress<'_> {
@@ -474,6 +494,7 @@ impl WorldPipeline {
         if req.context_latents == 0 {
             return Err(request_error("context must be at least 1 latent frame"));
         }
+        req.step_cache()?;
         let mut grid = self.latent_grid(req.width, req.height, req.frames)?;
         let t = grid[0];
         let f = self.temporal_factor();
@@ -667,13 +688,41 @@ impl WorldPipeline {
         guidance: f64,
         given: Option<&GivenFrames>,
     ) -> Result<Tensor> {
+        self.velocity_with(x_t, t, text, guidance, given, None)
+    }
+
+    /// [`velocity`](Self::velocity) through the DiT's step cache: `caches` holds one cache per
+    /// branch, `[cond]` or (guided) `[cond, uncond]`.
+    pub fn velocity_cached(
+        &self,
+        x_t: &Tensor,
+        t: f64,
+        text: &PromptEmbeddings,
+        guidance: f64,
+        given: Option<&GivenFrames>,
+        caches: &mut [StepCache],
+    ) -> Result<Tensor> {
+        self.velocity_with(x_t, t, text, guidance, given, Some(caches))
+    }
+
+    fn velocity_with(
+        &self,
+        x_t: &Tensor,
+        t: f64,
+        text: &PromptEmbeddings,
+        guidance: f64,
+        given: Option<&GivenFrames>,
+        caches: Option<&mut [StepCache]>,
+    ) -> Result<Tensor> {
         let dit = &self.model.dit;
         let t = Tensor::new(&[t as f32], self.device())?;
+        let forward = |x: &Tensor, cond: Option<(&Tensor, &Tensor)>| match caches {
+            Some(caches) => dit.forward_cached(x, &t, &text.tokens, &text.mask, cond, caches),
+            None => dit.forward(x, &t, &text.tokens, &text.mask, cond),
+        };
         if !text.guided() {
             let cond = given.map(|g| (&g.latents, &g.mask));
-            return Ok(dit
-                .forward(x_t, &t, &text.tokens, &text.mask, cond)?
-                .to_dtype(DType::F32)?);
+            return Ok(forward(x_t, cond)?.to_dtype(DType::F32)?);
         }
         let x = Tensor::cat(&[x_t, x_t], 0)?;
         let given2 = match given {
@@ -683,15 +732,7 @@ impl WorldPipeline {
             )),
             None => None,
         };
-        let v = dit
-            .forward(
-                &x,
-                &t,
-                &text.tokens,
-                &text.mask,
-                given2.as_ref().map(|(l, m)| (l, m)),
-            )?
-            .to_dtype(DType::F32)?;
+        let v = forward(&x, given2.as_ref().map(|(l, m)| (l, m)))?.to_dtype(DType::F32)?;
         let v_cond = v.narrow(0, 0, 1)?;
         let v_uncond = v.narrow(0, 1, 1)?;
         Ok((&v_uncond + ((v_cond - &v_uncond)? * guidance)?)?)
@@ -718,13 +759,31 @@ impl WorldPipeline {
     ) -> Result<Tensor> {
         let sigmas = scheduler.sigmas().to_vec();
         let steps = scheduler.num_inference_steps();
+        // One cache per guidance branch, fresh for each pass (a pass may sample another grid).
+        let mut caches: Option<Vec<StepCache>> = req
+            .step_cache()?
+            .map(|config| vec![StepCache::new(config); text.tokens.dim(0).unwrap_or(1)]);
         for (i, &sigma) in sigmas.iter().enumerate().take(steps).skip(start) {
             if let Some(g) = given {
                 x = apply_given_frames(&x, &g.latents, &g.mask)?;
             }
-            let v = self.velocity(&x, sigma as f64, text, req.guidance, given)?;
+            let v = self.velocity_with(
+                &x,
+                sigma as f64,
+                text,
+                req.guidance,
+                given,
+                caches.as_deref_mut(),
+            )?;
             x = scheduler.step(&v, i, &x)?;
             progress.advance();
+        }
+        if let Some(caches) = &caches {
+            let report = StepCacheReport::from_caches(caches);
+            match &mut progress.step_cache {
+                Some(total) => *total += report,
+                None => progress.step_cache = Some(report),
+            }
         }
         if let Some(g) = given {
             x = apply_given_frames(&x, &g.latents, &g.mask)?;
@@ -799,6 +858,7 @@ impl WorldPipeline {
             report: progress,
             done: 0,
             total: plan.model_calls,
+            step_cache: None,
         };
 
         let (latents, given, frames) = match &req.conditioning {
@@ -910,6 +970,7 @@ impl WorldPipeline {
             latents,
             given,
             unknown_words: text.unknown_words,
+            step_cache: steps.step_cache,
         })
     }
 

@@ -18,6 +18,7 @@ use zoetrope_world::eval::{evaluate, summarize, BatchReport, EvalReport};
 use zoetrope_world::{parse, render, ParseError, RenderOptions, Scene, SceneQuery};
 
 use super::pipeline::{Stage, WorldPipeline, WorldPipelineError, WorldRequest};
+use crate::step_cache::StepCacheReport;
 
 /// What a clip maker or an observer can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -103,6 +104,9 @@ pub struct PromptScores {
     pub seeds: Vec<u64>,
     /// Seconds to make each clip.
     pub seconds: Vec<f64>,
+    /// What the step cache skipped over all clips, when the clips were sampled with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_cache: Option<StepCacheReport>,
 }
 
 impl PromptScores {
@@ -194,6 +198,7 @@ pub fn score_clips(
         batch: BatchReport { reports, summary },
         seeds,
         seconds,
+        step_cache: None,
     })
 }
 
@@ -216,17 +221,24 @@ pub fn score_prompts(
     observer: &mut dyn ScoreObserver,
 ) -> Result<PromptScores, ScoreError> {
     pipe.check(template)?;
-    score_clips(
+    let mut step_cache: Option<StepCacheReport> = None;
+    let mut scores = score_clips(
         prompts,
         template.seed,
         &mut |job, progress| {
             let mut req = template.clone();
             req.prompt = job.prompt.to_string();
             req.seed = job.seed;
-            Ok(pipe.generate(&req, progress)?.video)
+            let out = pipe.generate(&req, progress)?;
+            if let Some(r) = out.step_cache {
+                *step_cache.get_or_insert_with(StepCacheReport::default) += r;
+            }
+            Ok(out.video)
         },
         observer,
-    )
+    )?;
+    scores.step_cache = step_cache;
+    Ok(scores)
 }
 
 /// The ground truth for a prompt: its scene resolved from `seed` (what the prompt leaves open:
