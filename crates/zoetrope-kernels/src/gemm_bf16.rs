@@ -282,6 +282,33 @@ impl PackedB {
     }
 }
 
+/// The f32 GEMM reads a packed bf16 B straight from its tiles (bf16 is exact in f32), so the
+/// fallback keeps the weight's bf16 memory and never widens the whole matrix.
+impl gemm::PackB for PackedB {
+    fn check(&self, k: usize, n: usize) {
+        assert!(
+            k == self.k && n == self.n,
+            "gemm: packed bf16 B is {}x{}, the product needs {k}x{n}",
+            self.k,
+            self.n
+        );
+    }
+
+    fn pack(&self, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+        let nr = gemm::NR;
+        for p in 0..kc {
+            let row = &mut panel[p * nr..(p + 1) * nr];
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = if c < cols {
+                    self.get(p0 + p, j + c)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
 /// Whether [`gemm`] runs on AMX tiles here.
 pub fn amx_available() -> bool {
     cpu::features().amx_bf16
@@ -481,14 +508,13 @@ fn fallback<A: ToBf16, C: FromF32>(
     let af: Vec<f32> = (0..m * k)
         .map(|idx| bf16::from_bits(a[(idx / k) * lda + idx % k].bits()).to_f32())
         .collect();
-    let bf: Vec<f32> = (0..k * n).map(|idx| b.get(idx / n, idx % n)).collect();
     let mut cf = vec![0f32; m * n];
-    gemm::sgemm(
+    gemm::sgemm_with(
         m,
         n,
         k,
         Mat::rows(&af, k),
-        Mat::rows(&bf, n),
+        b,
         &mut cf,
         n,
         Beta::Overwrite,

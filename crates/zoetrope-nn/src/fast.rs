@@ -96,11 +96,9 @@ impl Linear {
             dtype,
         };
         let w = layer.weight.as_ref().expect("just set");
-        if dtype == DType::BF16
-            && w.device().is_cpu()
-            && !w.track_op()
-            && gemm_bf16::amx_available()
-        {
+        if dtype == DType::BF16 && w.device().is_cpu() && !w.track_op() {
+            // Packed for AMX tiles; CPUs without AMX read the same tiles through the f32 GEMM,
+            // so bf16 weights keep their memory and every CPU rounds the output once.
             let data = w.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
             layer.packed = Some(Arc::new(PackedB::pack(in_dim, out_dim, &data, 1, in_dim)));
             layer.weight = None;
