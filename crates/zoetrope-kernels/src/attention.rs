@@ -1,26 +1,30 @@
 //! Scaled dot-product attention without a mask, flash-style: `softmax(q·kᵀ·scale)·v` over blocks
-//! of keys with a running (online) softmax, so no score matrix larger than one `BQ × BK` block
-//! ever exists, whatever the sequence lengths.
+//! of keys with a running (online) softmax, so no score matrix larger than one block ever
+//! exists, whatever the sequence lengths. This is the algorithm of FlashAttention (Dao et al.
+//! 2022).
 //!
-//! For every (batch, head) the keys (transposed) and values are packed once into the GEMM's
-//! panels; then blocks of `BQ` query rows run in parallel, each walking the keys in blocks of
-//! `BK`: `S = Q·Kᵀ` (GEMM), per row `m' = max(m, max S)`, `P = exp(S·scale − m')`,
-//! `l = l·e^(m−m') + ΣP`, `O = O·e^(m−m') + P·V` (GEMM), and finally `O / l`. This is the
-//! algorithm of FlashAttention (Dao et al. 2022), in f32 throughout.
+//! f32 ([`attention`]) works on the transposed problem so that nothing is packed inside the key
+//! loop: per (batch, head) K is packed once as the GEMM's A panels (14 keys each) and Vᵀ as A
+//! panels of 14 head dimensions; per task of 64 queries Qᵀ is packed once as two B panels. For
+//! every block of 252 keys the micro-kernel writes `Sᵀ = K·Qᵀ` straight into B-panel layout
+//! (`[key][32 queries]`), the online softmax runs down its columns (16 queries per vector),
+//! and `Oᵀ += Vᵀ·P` takes that block as its B operand unchanged. bf16 ([`attention_bf16`]) does
+//! the same on AMX tiles.
 //!
 //! Tensors are read through strides, so the `[B, L, H·d]` layout that a linear layer writes is
-//! used as it is (no transposes to `[B, H, L, d]` and back).
+//! used as it is (no transposes to `[B, H, L, d]` and back). A few heads are packed at a time, in
+//! parallel, and their tasks share one parallel loop.
 
 use rayon::prelude::*;
 
 use crate::buf::{with_scratch, AlignedBuf};
-use crate::gemm::{self, Beta, Mat, PackedF32};
+use crate::gemm::{self, Mat, MR, NR};
 use crate::rows;
 
-/// Query rows per task.
-const BQ: usize = 64;
-/// Keys per block (a multiple of the GEMM's panel width).
-const BK: usize = 256;
+/// Query rows per task (two of the GEMM's column panels).
+const BQ: usize = 2 * NR;
+/// Keys per block of the f32 kernel (18 of the GEMM's row panels).
+const BKF: usize = 18 * MR;
 
 /// A strided `[batch, tokens, heads, head_dim]` view: element `(b, i, h, e)` is
 /// `data[b·batch + i·token + h·head + e]`.
@@ -111,85 +115,146 @@ pub fn attention(q: Heads, k: Heads, v: Heads, out: &mut [f32], s: Shape, scale:
         return;
     }
     let optr = SharedMut(out.as_mut_ptr());
-    for b in 0..batch {
-        for h in 0..heads {
-            // Kᵀ as B of `Q·Kᵀ` (d × kv_len) and V as B of `P·V` (kv_len × d), packed once.
-            let kb = &k.data[b * k.batch + h * k.head..];
-            let vb = &v.data[b * v.batch + h * v.head..];
-            let kt = PackedF32::pack(Mat::transposed(kb, k.token), d, kv_len);
-            let vp = PackedF32::pack(Mat::rows(vb, v.token), kv_len, d);
-            let qb = &q.data[b * q.batch + h * q.head..];
-            let blocks = q_len.div_ceil(BQ);
-            let task = |blk: usize| {
-                let i0 = blk * BQ;
-                let rows = BQ.min(q_len - i0);
-                let qm = Mat::rows(&qb[i0 * q.token..], q.token);
-                with_scratch(|[sbuf, obuf, stats]: &mut [AlignedBuf; 3]| {
-                    let scores = sbuf.slice_mut::<f32>(rows * BK);
-                    let acc = obuf.slice_mut::<f32>(rows * d);
-                    let st = stats.slice_mut::<f32>(2 * rows);
-                    let (mx, sum) = st.split_at_mut(rows);
-                    mx.fill(f32::NEG_INFINITY);
-                    sum.fill(0.0);
-                    acc.fill(0.0);
-                    let mut j0 = 0;
-                    while j0 < kv_len {
-                        let bk = BK.min(kv_len - j0);
-                        gemm::gemm_packed_serial(
-                            rows,
-                            qm,
-                            &kt,
-                            0..d,
-                            j0..j0 + bk,
-                            scores,
-                            BK,
-                            Beta::Overwrite,
+    let avx512 = crate::cpu::features().avx512f;
+    let dpanels = d.div_ceil(MR);
+    let kblocks = kv_len.div_ceil(BKF);
+    let qblocks = q_len.div_ceil(BQ);
+    let threads = rayon::current_num_threads().max(1);
+    let total = batch * heads;
+    let group = (4 * threads).div_ceil(qblocks).max(threads).min(total);
+    let mut g0 = 0;
+    while g0 < total {
+        let ids = g0..(g0 + group).min(total);
+        // Per head: K as A panels of 14 keys (`[panel][d][14]`), and Vᵀ as A panels of 14 head
+        // dimensions, one run of panels per key block.
+        let packs: Vec<(AlignedBuf, AlignedBuf)> = ids
+            .clone()
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / heads, bh % heads);
+                let kb = &k.data[b * k.batch + h * k.head..];
+                let vb = &v.data[b * v.batch + h * v.head..];
+                let klen = kv_len.div_ceil(MR) * MR * d;
+                let mut ka = AlignedBuf::with_len::<f32>(klen);
+                gemm::pack_a_panels(Mat::rows(kb, k.token), 0, kv_len, 0, d, ka.slice_mut(klen));
+                let vstride = dpanels * MR * BKF;
+                let mut va = AlignedBuf::with_len::<f32>(kblocks * vstride);
+                let vall = va.slice_mut::<f32>(kblocks * vstride);
+                for kbi in 0..kblocks {
+                    let (j0, bk) = (kbi * BKF, BKF.min(kv_len - kbi * BKF));
+                    let dst = &mut vall[kbi * vstride..kbi * vstride + dpanels * MR * bk];
+                    gemm::pack_a_panels(Mat::transposed(vb, v.token), 0, d, j0, bk, dst);
+                }
+                (ka, va)
+            })
+            .collect();
+        let task = |t: usize| {
+            let (gi, blk) = (t / qblocks, t % qblocks);
+            let (b, h) = ((g0 + gi) / heads, (g0 + gi) % heads);
+            let ka = packs[gi].0.slice::<f32>(kv_len.div_ceil(MR) * MR * d);
+            let va = packs[gi].1.slice::<f32>(kblocks * dpanels * MR * BKF);
+            let i0 = blk * BQ;
+            let rows = BQ.min(q_len - i0);
+            let npan = rows.div_ceil(NR);
+            let qb = &q.data[b * q.batch + h * q.head + i0 * q.token..];
+            with_scratch(|[qbuf, sbuf, obuf]: &mut [AlignedBuf; 3]| {
+                // Qᵀ as B panels of 32 queries: `[panel][d][32]`.
+                let qt = qbuf.slice_mut::<f32>(npan * d * NR);
+                for (jp, panel) in qt.chunks_exact_mut(d * NR).enumerate() {
+                    let cols = NR.min(rows - jp * NR);
+                    gemm::pack_b_panel(Mat::transposed(qb, q.token), 0, d, jp * NR, cols, panel);
+                }
+                // Sᵀ = K·Qᵀ of one key block, in B-panel layout `[panel][key][32]`: after the
+                // softmax it is P's B operand as it stands.
+                let st = sbuf.slice_mut::<f32>(npan * BKF * NR);
+                // Oᵀ `[d (padded to panels)][64 queries]`.
+                let ot = obuf.slice_mut::<f32>(dpanels * MR * BQ);
+                ot.fill(0.0);
+                let mut mx = [f32::NEG_INFINITY; BQ];
+                let mut sum = [0f32; BQ];
+                let mut alpha = [0f32; NR];
+                for kbi in 0..kblocks {
+                    let (j0, bk) = (kbi * BKF, BKF.min(kv_len - kbi * BKF));
+                    for kp in 0..bk.div_ceil(MR) {
+                        let a = ka[(j0 / MR + kp) * MR * d..].as_ptr();
+                        let mr = MR.min(bk - kp * MR);
+                        for jp in 0..npan {
+                            // SAFETY: K's panel holds d·MR floats, Qᵀ's d·NR; the Sᵀ block is
+                            // rows kp·MR.. of panel jp, inside `st`.
+                            unsafe {
+                                gemm::micro_panel(
+                                    d,
+                                    a,
+                                    qt[jp * d * NR..].as_ptr(),
+                                    st[(jp * BKF + kp * MR) * NR..].as_mut_ptr(),
+                                    NR,
+                                    mr,
+                                    NR,
+                                    false,
+                                    avx512,
+                                )
+                            };
+                        }
+                    }
+                    for jp in 0..npan {
+                        let panel = &mut st[jp * BKF * NR..(jp * BKF + bk) * NR];
+                        let cols = jp * NR..(jp + 1) * NR;
+                        rows::softmax_columns(
+                            panel,
+                            NR,
+                            scale,
+                            &mut mx[cols.clone()],
+                            &mut sum[cols],
+                            &mut alpha,
                         );
-                        for r in 0..rows {
-                            let row = &mut scores[r * BK..r * BK + bk];
-                            let (m_new, total) = rows::exp_shifted(row, scale, mx[r]);
-                            let alpha = rows::exp(mx[r] - m_new);
-                            sum[r] = sum[r] * alpha + total;
-                            mx[r] = m_new;
-                            if alpha != 1.0 {
-                                rows::scale(&mut acc[r * d..(r + 1) * d], alpha);
+                        if kbi > 0 {
+                            for e in 0..d {
+                                let row = &mut ot[e * BQ + jp * NR..e * BQ + (jp + 1) * NR];
+                                row.iter_mut().zip(&alpha).for_each(|(o, a)| *o *= a);
                             }
                         }
-                        gemm::gemm_packed_serial(
-                            rows,
-                            Mat::rows(scores, BK),
-                            &vp,
-                            j0..j0 + bk,
-                            0..d,
-                            acc,
-                            d,
-                            Beta::Accumulate,
-                        );
-                        j0 += bk;
                     }
-                    for r in 0..rows {
-                        let inv = 1.0 / sum[r];
-                        let src = &acc[r * d..(r + 1) * d];
-                        // SAFETY: row (b, i0 + r), head h of the output: inside `out` (checked
-                        // above) and written by this task only.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                optr.at((b * q_len + i0 + r) * width + h * d),
-                                d,
-                            )
-                        };
-                        for (o, &x) in dst.iter_mut().zip(src) {
-                            *o = x * inv;
+                    let vblk = &va[kbi * dpanels * MR * BKF..];
+                    for ip in 0..dpanels {
+                        let a = vblk[ip * MR * bk..].as_ptr();
+                        let mr = MR.min(d - ip * MR);
+                        for jp in 0..npan {
+                            // SAFETY: Vᵀ's panel holds bk·MR floats, P's bk·NR; the Oᵀ block is
+                            // rows ip·MR.. × columns jp·NR.. of `ot`.
+                            unsafe {
+                                gemm::micro_panel(
+                                    bk,
+                                    a,
+                                    st[jp * BKF * NR..].as_ptr(),
+                                    ot[ip * MR * BQ + jp * NR..].as_mut_ptr(),
+                                    BQ,
+                                    mr,
+                                    NR,
+                                    true,
+                                    avx512,
+                                )
+                            };
                         }
                     }
-                })
-            };
-            if blocks > 1 {
-                (0..blocks).into_par_iter().for_each(task);
-            } else {
-                task(0);
-            }
-        }
+                }
+                for r in 0..rows {
+                    let inv = 1.0 / sum[r];
+                    // SAFETY: row (b, i0 + r), head h of the output: inside `out` (checked
+                    // above) and written by this task only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            optr.at((b * q_len + i0 + r) * width + h * d),
+                            d,
+                        )
+                    };
+                    for (e, o) in dst.iter_mut().enumerate() {
+                        *o = ot[e * BQ + r] * inv;
+                    }
+                }
+            })
+        };
+        (0..ids.len() * qblocks).into_par_iter().for_each(task);
+        g0 = ids.end;
     }
 }
 
@@ -225,15 +290,13 @@ pub fn reference(q: Heads, k: Heads, v: Heads, out: &mut [f32], s: Shape, scale:
     }
 }
 
-/// [`attention`] for bf16 `q`, `k`, `v` on AMX tiles (f32 output, `[B, Lq, H·d]`): per (batch,
-/// head) the keys (transposed) and values are packed once into tiles; each block of 64 query
-/// rows computes its scores against all keys (`64 × Lk` f32, bounded by the block, not by
-/// `Lq·Lk`), a two-pass softmax in f32, the probabilities rounded to bf16 (as fused bf16
-/// attention kernels do) and `P·V` accumulated in f32. Without AMX the inputs are widened and
-/// [`attention`] runs.
+/// [`attention`] for bf16 `q`, `k`, `v` on AMX tiles (f32 output, `[B, Lq, H·d]`): the same
+/// flash algorithm over blocks of 256 keys, `Q·Kᵀ` and `P·V` on tiles with f32 accumulation, the
+/// online softmax in f32 and the probabilities rounded to bf16 before `P·V` (as fused bf16
+/// attention kernels do). Without AMX and AVX512-BF16 the inputs are widened and [`attention`]
+/// runs.
 pub fn attention_bf16(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Shape, scale: f32) {
-    use crate::gemm_bf16::{self, Activation, PackedB};
-    use half::bf16;
+    use crate::gemm_bf16;
     let Shape {
         batch,
         heads,
@@ -259,7 +322,8 @@ pub fn attention_bf16(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Sh
     if batch * q_len * heads * d == 0 {
         return;
     }
-    if !gemm_bf16::amx_available() || kv_len == 0 {
+    let fused = gemm_bf16::amx_available() && crate::cpu::features().avx512bf16;
+    if !fused || kv_len == 0 || cfg!(not(target_arch = "x86_64")) {
         let widen = |t: &Heads16| -> Vec<f32> { t.data.iter().map(|x| x.to_f32()).collect() };
         let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
         let qh = Heads {
@@ -282,81 +346,227 @@ pub fn attention_bf16(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Sh
         };
         return attention(qh, kh, vh, out, s, scale);
     }
+    #[cfg(target_arch = "x86_64")]
+    attention_amx(q, k, v, out, s, scale);
+}
+
+/// Keys per block of the AMX kernel's online softmax (a multiple of 32).
+const BK16: usize = 256;
+/// Query rows per task of the AMX kernel (two 32-row pairs of tiles).
+const BQ16: usize = 64;
+
+/// The AMX body of [`attention_bf16`]. Per task (one head, 64 query rows) Q is packed into tiles
+/// once; per block of 256 keys `S = Q·Kᵀ` goes from the accumulator tiles straight into a
+/// `64 × 256` f32 buffer, one AVX-512 pass per row does the online-softmax step and writes the
+/// probabilities, rounded to bf16, directly in the tile layout of `P`, and `O += P·V` runs with
+/// O's tiles loaded from and stored back to a `64 × d` f32 buffer (rescaled in place when a row's
+/// maximum grows). K and V are packed for a few heads at a time, in parallel, and the tasks of
+/// those heads share one parallel loop.
+#[cfg(target_arch = "x86_64")]
+fn attention_amx(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Shape, scale: f32) {
+    use crate::gemm_bf16::{amx, PackedB, KSTEP, TILE, TILE_ELEMS};
+    let Shape {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim: d,
+    } = s;
+    let width = heads * d;
+    let dchunks = d.div_ceil(KSTEP);
+    let dpad = dchunks * KSTEP;
+    let bk_chunks = BK16 / KSTEP;
+    let qblocks = q_len.div_ceil(BQ16);
+    let threads = rayon::current_num_threads().max(1);
+    let total = batch * heads;
+    let group = (4 * threads).div_ceil(qblocks).max(threads).min(total);
     let optr = SharedMut(out.as_mut_ptr());
-    for b in 0..batch {
-        for h in 0..heads {
-            let kb = &k.data[b * k.batch + h * k.head..];
-            let vb = &v.data[b * v.batch + h * v.head..];
-            let kt = PackedB::pack(d, kv_len, kb, 1, k.token);
-            let vp = PackedB::pack(kv_len, d, vb, v.token, 1);
+    let mut g0 = 0;
+    while g0 < total {
+        let ids = g0..(g0 + group).min(total);
+        let packs: Vec<(PackedB, PackedB)> = ids
+            .clone()
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / heads, bh % heads);
+                let kb = &k.data[b * k.batch + h * k.head..];
+                let vb = &v.data[b * v.batch + h * v.head..];
+                (
+                    PackedB::pack(d, kv_len, kb, 1, k.token),
+                    PackedB::pack(kv_len, d, vb, v.token, 1),
+                )
+            })
+            .collect();
+        let task = |t: usize| {
+            let (gi, blk) = (t / qblocks, t % qblocks);
+            let (b, h) = ((g0 + gi) / heads, (g0 + gi) % heads);
+            let (kt, vp) = &packs[gi];
+            let (ktiles, vtiles, vchunks) = (kt.tiles(), vp.tiles(), vp.kchunks());
+            let i0 = blk * BQ16;
+            let rows = BQ16.min(q_len - i0);
+            let pairs = rows.div_ceil(2 * TILE);
             let qb = &q.data[b * q.batch + h * q.head..];
-            let blocks = q_len.div_ceil(BQ);
-            let task = |blk: usize| {
-                let i0 = blk * BQ;
-                let rows = BQ.min(q_len - i0);
-                with_scratch(|[sbuf, pbuf, obuf]: &mut [AlignedBuf; 3]| {
-                    let scores = sbuf.slice_mut::<f32>(rows * kv_len);
-                    gemm_bf16::gemm_serial(
-                        rows,
-                        &qb[i0 * q.token..],
-                        q.token,
-                        &kt,
-                        scores,
-                        kv_len,
-                        None,
-                        Activation::None,
-                    );
-                    let probs = pbuf.slice_mut::<u16>(rows * kv_len);
-                    let mut sums = [0f32; BQ];
-                    for r in 0..rows {
-                        let row = &mut scores[r * kv_len..(r + 1) * kv_len];
-                        let (_, total) = rows::exp_shifted(row, scale, f32::NEG_INFINITY);
-                        sums[r] = total;
-                        for (p, &x) in probs[r * kv_len..(r + 1) * kv_len]
-                            .iter_mut()
-                            .zip(row.iter())
-                        {
-                            *p = bf16::from_f32(x).to_bits();
+            with_scratch(|[qbuf, sbuf, pbuf, obuf]: &mut [AlignedBuf; 4]| {
+                // Q in A-tile layout: [16-row panel][d step][16 rows][32].
+                let qt = qbuf.slice_mut::<u16>(2 * pairs * dchunks * TILE_ELEMS);
+                for (panel, tiles) in qt.chunks_exact_mut(dchunks * TILE_ELEMS).enumerate() {
+                    for r in 0..TILE {
+                        let i = panel * TILE + r;
+                        for c in 0..dchunks {
+                            let dst = &mut tiles[c * TILE_ELEMS + r * KSTEP..][..KSTEP];
+                            let valid = if i < rows {
+                                KSTEP.min(d - c * KSTEP)
+                            } else {
+                                0
+                            };
+                            let src =
+                                &qb[(i0 + i.min(rows.saturating_sub(1))) * q.token + c * KSTEP..];
+                            for (e, o) in dst.iter_mut().enumerate() {
+                                *o = if e < valid { src[e].to_bits() } else { 0 };
+                            }
                         }
                     }
-                    // SAFETY: u16 and bf16 have the same layout.
-                    let probs: &[bf16] = unsafe {
-                        std::slice::from_raw_parts(probs.as_ptr() as *const bf16, probs.len())
+                }
+                let sc = sbuf.slice_mut::<f32>(2 * pairs * TILE * BK16);
+                let pt = pbuf.slice_mut::<u16>(2 * pairs * bk_chunks * TILE_ELEMS);
+                pt.fill(0);
+                let o = obuf.slice_mut::<f32>(2 * pairs * TILE * dpad);
+                o.fill(0.0);
+                let mut mx = [f32::NEG_INFINITY; BQ16];
+                let mut sum = [0f32; BQ16];
+                // SAFETY: AMX and AVX512-BF16 are available (checked by the caller); every tile
+                // pointer stays inside its packed buffer: Q and P hold `2·pairs` panels, K's
+                // panels cover the keys padded to 32, V's the columns padded to 32 and its steps
+                // the keys padded to 32; S and O hold `2·pairs·16` rows of their widths.
+                unsafe {
+                    amx::with_tiles(|| {
+                        let mut j0 = 0;
+                        while j0 < kv_len {
+                            let bk = BK16.min(kv_len - j0);
+                            let steps = bk.div_ceil(KSTEP);
+                            for ip in 0..pairs {
+                                for jp in 0..steps {
+                                    amx::block_at(
+                                        qt.as_ptr().add(2 * ip * dchunks * TILE_ELEMS),
+                                        dchunks * TILE_ELEMS,
+                                        ktiles
+                                            .as_ptr()
+                                            .add((j0 / TILE + 2 * jp) * dchunks * TILE_ELEMS),
+                                        dchunks * TILE_ELEMS,
+                                        dchunks,
+                                        sc.as_mut_ptr().add(ip * 2 * TILE * BK16 + jp * KSTEP),
+                                        BK16 * 4,
+                                        false,
+                                    );
+                                }
+                            }
+                            for r in 0..rows {
+                                let dst = pt
+                                    .as_mut_ptr()
+                                    .add((r / TILE) * bk_chunks * TILE_ELEMS + (r % TILE) * KSTEP);
+                                let (m_new, part) = softmax_to_tiles(
+                                    &sc[r * BK16..r * BK16 + bk],
+                                    scale,
+                                    mx[r],
+                                    dst,
+                                    steps,
+                                );
+                                let alpha = rows::exp(mx[r] - m_new);
+                                sum[r] = sum[r] * alpha + part;
+                                mx[r] = m_new;
+                                if alpha != 1.0 {
+                                    rows::scale(&mut o[r * dpad..(r + 1) * dpad], alpha);
+                                }
+                            }
+                            for ip in 0..pairs {
+                                for jp in 0..dchunks {
+                                    amx::block_at(
+                                        pt.as_ptr().add(2 * ip * bk_chunks * TILE_ELEMS),
+                                        bk_chunks * TILE_ELEMS,
+                                        vtiles
+                                            .as_ptr()
+                                            .add((2 * jp * vchunks + j0 / KSTEP) * TILE_ELEMS),
+                                        vchunks * TILE_ELEMS,
+                                        steps,
+                                        o.as_mut_ptr().add(ip * 2 * TILE * dpad + jp * KSTEP),
+                                        dpad * 4,
+                                        true,
+                                    );
+                                }
+                            }
+                            j0 += bk;
+                        }
+                    })
+                };
+                for r in 0..rows {
+                    let inv = 1.0 / sum[r];
+                    // SAFETY: row (b, i0 + r), head h: inside `out` and written by this task only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            optr.at((b * q_len + i0 + r) * width + h * d),
+                            d,
+                        )
                     };
-                    let acc = obuf.slice_mut::<f32>(rows * d);
-                    gemm_bf16::gemm_serial(
-                        rows,
-                        probs,
-                        kv_len,
-                        &vp,
-                        acc,
-                        d,
-                        None,
-                        Activation::None,
-                    );
-                    for r in 0..rows {
-                        let inv = 1.0 / sums[r];
-                        // SAFETY: row (b, i0 + r), head h: inside `out` and written by this task
-                        // only.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                optr.at((b * q_len + i0 + r) * width + h * d),
-                                d,
-                            )
-                        };
-                        for (o, &x) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                            *o = x * inv;
-                        }
+                    for (y, &x) in dst.iter_mut().zip(&o[r * dpad..r * dpad + d]) {
+                        *y = x * inv;
                     }
-                })
-            };
-            if blocks > 1 {
-                (0..blocks).into_par_iter().for_each(task);
-            } else {
-                task(0);
+                }
+            })
+        };
+        (0..ids.len() * qblocks).into_par_iter().for_each(task);
+        g0 = ids.end;
+    }
+}
+
+/// One online-softmax step on a row of raw scores (as [`rows::exp_shifted`]) that writes the
+/// probabilities rounded to bf16 into `steps` consecutive A tiles' rows (`dst` the row in the
+/// first tile; 32 values per tile, zero past the row's end). Returns `(m, Σ p)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn softmax_to_tiles(
+    row: &[f32],
+    scale: f32,
+    m_old: f32,
+    dst: *mut u16,
+    steps: usize,
+) -> (f32, f32) {
+    use crate::gemm_bf16::TILE_ELEMS;
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let ptr = row.as_ptr();
+    let mask = |j: usize| -> __mmask16 {
+        let len = n.saturating_sub(j).min(16);
+        ((1u32 << len) - 1) as u16
+    };
+    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut j = 0;
+    while j < n {
+        vmax = _mm512_mask_max_ps(
+            vmax,
+            mask(j),
+            vmax,
+            _mm512_maskz_loadu_ps(mask(j), ptr.add(j)),
+        );
+        j += 16;
+    }
+    let m = m_old.max(_mm512_reduce_max_ps(vmax) * scale);
+    let (vs, vm) = (_mm512_set1_ps(scale), _mm512_set1_ps(m));
+    let mut vsum = _mm512_setzero_ps();
+    for c in 0..steps {
+        let mut half = [_mm512_setzero_ps(); 2];
+        for (hh, e) in half.iter_mut().enumerate() {
+            let j = c * 32 + hh * 16;
+            let mk = mask(j);
+            if mk != 0 {
+                let x = _mm512_maskz_loadu_ps(mk, ptr.add(j));
+                *e = _mm512_maskz_mov_ps(mk, crate::rows::exp16(_mm512_fmsub_ps(x, vs, vm)));
+                vsum = _mm512_add_ps(vsum, *e);
             }
         }
+        let p: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(half[1], half[0]));
+        _mm512_storeu_si512(dst.add(c * TILE_ELEMS) as *mut _, p);
     }
+    (m, _mm512_reduce_add_ps(vsum))
 }
 
 /// [`Heads`] over bf16 data.

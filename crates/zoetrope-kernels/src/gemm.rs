@@ -374,6 +374,48 @@ unsafe fn block(
     }
 }
 
+/// For kernels that lay out their own panels (attention): `C[mr × nr] (+)= A-panel · B-panel`
+/// over `kc` steps, `a` one packed `MR`-row panel (`[kc][MR]`), `b` one `NR`-column panel
+/// (`[kc][NR]`), C row-major with row stride `ldc`; only its `mr ≤ MR` rows and `nr ≤ NR`
+/// columns are written.
+///
+/// # Safety
+/// `a` must hold `kc·MR` and `b` `kc·NR` readable floats; C's `mr × nr` block (rows `ldc`
+/// apart) must be writable (and readable when `accumulate`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn micro_panel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+    avx512: bool,
+) {
+    let out = Out {
+        c,
+        ldc,
+        mr,
+        nr,
+        accumulate,
+        bias: None,
+    };
+    micro(kc, a, b, out, avx512)
+}
+
+/// [`pack_a`] for other kernels of the crate.
+pub(crate) fn pack_a_panels(a: Mat, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+    pack_a(a, i0, mc, p0, kc, dst)
+}
+
+/// [`pack_b`] for other kernels of the crate.
+pub(crate) fn pack_b_panel(b: Mat, p0: usize, kc: usize, j: usize, cols: usize, panel: &mut [f32]) {
+    pack_b(b, p0, kc, j, cols, panel)
+}
+
 /// Packs rows `[i0, i0+mc)`, depth `[p0, p0+kc)` of A into `MR`-row panels: panel `q` holds
 /// `dst[(q·kc + p)·MR + r] = A[i0 + q·MR + r][p0 + p]`, zero past the last row.
 fn pack_a(a: Mat, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {

@@ -20,11 +20,11 @@ use crate::cpu;
 use crate::gemm::{self, Beta, Mat};
 
 /// Rows (of A and C) and columns (of B and C) of one tile.
-const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 /// Depth of one tile step: 32 bf16 = one 64-byte tile row.
-const KSTEP: usize = 32;
+pub(crate) const KSTEP: usize = 32;
 /// Elements (u16) of one packed tile.
-const TILE_ELEMS: usize = TILE * KSTEP;
+pub(crate) const TILE_ELEMS: usize = TILE * KSTEP;
 /// Columns of B one task keeps in L2 while it runs over many rows of A.
 const NBLOCK: usize = 128;
 
@@ -264,12 +264,17 @@ impl PackedB {
         self.n
     }
 
+    /// 32-deep tile steps along k (k padded to a multiple of 32).
+    pub(crate) fn kchunks(&self) -> usize {
+        self.kchunks
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.panels * self.kchunks * TILE_ELEMS * 2
     }
 
-    fn tiles(&self) -> &[u16] {
+    pub(crate) fn tiles(&self) -> &[u16] {
         self.data.slice(self.panels * self.kchunks * TILE_ELEMS)
     }
 
@@ -534,7 +539,7 @@ fn fallback<A: ToBf16, C: FromF32>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod amx {
+pub(crate) mod amx {
     use std::arch::asm;
 
     use super::{TILE, TILE_ELEMS};
@@ -607,14 +612,102 @@ mod amx {
             options(nostack)
         );
     }
+
+    /// `C[32 × 32] (+)= A-pair · B-pair` over `steps` 32-deep steps, C f32 row-major with rows
+    /// `ldc` bytes apart, read first when `accumulate`. The A panels are `a_panel` u16 apart,
+    /// the B panels `b_panel` apart (each panel a run of tiles, one per step).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_at(
+        a: *const u16,
+        a_panel: usize,
+        b: *const u16,
+        b_panel: usize,
+        steps: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let stride = 64usize;
+        let (c00, c01) = (c, c.add(TILE));
+        let (c10, c11) = (c.byte_add(TILE * ldc), c.byte_add(TILE * ldc).add(TILE));
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{c00} + {s}*1]",
+                "tileloadd tmm1, [{c01} + {s}*1]",
+                "tileloadd tmm2, [{c10} + {s}*1]",
+                "tileloadd tmm3, [{c11} + {s}*1]",
+                c00 = in(reg) c00,
+                c01 = in(reg) c01,
+                c10 = in(reg) c10,
+                c11 = in(reg) c11,
+                s = in(reg) ldc,
+                options(nostack, readonly)
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
+        for t in 0..steps {
+            let a0 = a.add(t * TILE_ELEMS);
+            let a1 = a0.add(a_panel);
+            let b0 = b.add(t * TILE_ELEMS);
+            let b1 = b0.add(b_panel);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s = in(reg) stride,
+                options(nostack, readonly)
+            );
+        }
+        asm!(
+            "tilestored [{c00} + {s}*1], tmm0",
+            "tilestored [{c01} + {s}*1], tmm1",
+            "tilestored [{c10} + {s}*1], tmm2",
+            "tilestored [{c11} + {s}*1], tmm3",
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
+            s = in(reg) ldc,
+            options(nostack)
+        );
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-mod amx {
+pub(crate) mod amx {
     pub unsafe fn with_tiles<R>(_f: impl FnOnce() -> R) -> R {
         unreachable!("AMX is x86-64 only")
     }
     pub unsafe fn block(_a: *const u16, _b: *const u16, _kchunks: usize, _acc: *mut f32) {
+        unreachable!("AMX is x86-64 only")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_at(
+        _a: *const u16,
+        _a_panel: usize,
+        _b: *const u16,
+        _b_panel: usize,
+        _steps: usize,
+        _c: *mut f32,
+        _ldc: usize,
+        _accumulate: bool,
+    ) {
         unreachable!("AMX is x86-64 only")
     }
 }

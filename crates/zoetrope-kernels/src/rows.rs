@@ -28,6 +28,46 @@ pub fn exp_shifted(row: &mut [f32], scale: f32, m_old: f32) -> (f32, f32) {
     (m, sum)
 }
 
+/// One online-softmax step down the columns of a `[n][w]` block of raw scores (a key per row, a
+/// query per column, `w` a multiple of 16): with `m'[c] = max(m[c], scale·max_r block[r][c])`
+/// every score becomes `e^(scale·x − m'[c])`, `alpha[c] = e^(m[c] − m'[c])` and
+/// `l[c] = l[c]·alpha[c] + Σ_r block[r][c]`; `m` is updated to `m'`.
+pub fn softmax_columns(
+    block: &mut [f32],
+    w: usize,
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    alpha: &mut [f32],
+) {
+    assert!(
+        w.is_multiple_of(16) && block.len().is_multiple_of(w),
+        "softmax_columns: width {w}, {} values",
+        block.len()
+    );
+    assert!(m.len() >= w && l.len() >= w && alpha.len() >= w);
+    #[cfg(target_arch = "x86_64")]
+    if cpu::features().avx512f {
+        // SAFETY: AVX-512F is available; the lengths are checked above.
+        return unsafe { avx512::softmax_columns(block, w, scale, m, l, alpha) };
+    }
+    for c in 0..w {
+        let mx = block
+            .chunks_exact(w)
+            .fold(f32::NEG_INFINITY, |a, r| a.max(r[c]))
+            * scale;
+        let m_new = m[c].max(mx);
+        let mut s = 0.0;
+        for r in block.chunks_exact_mut(w) {
+            r[c] = (r[c] * scale - m_new).exp();
+            s += r[c];
+        }
+        alpha[c] = (m[c] - m_new).exp();
+        l[c] = l[c] * alpha[c] + s;
+        m[c] = m_new;
+    }
+}
+
 /// `row *= alpha`.
 pub fn scale(row: &mut [f32], alpha: f32) {
     row.iter_mut().for_each(|x| *x *= alpha);
@@ -123,6 +163,40 @@ pub(crate) mod avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, n)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_columns(
+        block: &mut [f32],
+        w: usize,
+        scale: f32,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+    ) {
+        let n = block.len() / w;
+        let ptr = block.as_mut_ptr();
+        let vs = _mm512_set1_ps(scale);
+        for g in (0..w).step_by(16) {
+            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            for r in 0..n {
+                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(ptr.add(r * w + g)));
+            }
+            let m_old = _mm512_loadu_ps(m.as_ptr().add(g));
+            let m_new = _mm512_max_ps(m_old, _mm512_mul_ps(vmax, vs));
+            let mut vsum = _mm512_setzero_ps();
+            for r in 0..n {
+                let p = ptr.add(r * w + g);
+                let e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(p), vs, m_new));
+                _mm512_storeu_ps(p, e);
+                vsum = _mm512_add_ps(vsum, e);
+            }
+            let a = exp16(_mm512_sub_ps(m_old, m_new));
+            _mm512_storeu_ps(alpha.as_mut_ptr().add(g), a);
+            let lv = _mm512_loadu_ps(l.as_ptr().add(g));
+            _mm512_storeu_ps(l.as_mut_ptr().add(g), _mm512_fmadd_ps(lv, a, vsum));
+            _mm512_storeu_ps(m.as_mut_ptr().add(g), m_new);
+        }
     }
 
     #[target_feature(enable = "avx512f")]

@@ -9,8 +9,8 @@ fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
 
 #[test]
 fn flash_attention_matches_the_full_softmax() {
-    // Query and key lengths around the block sizes (64 queries, 256 keys), batch and heads > 1,
-    // scores large enough that the running maximum changes between key blocks.
+    // Query and key lengths around the block sizes (64 queries; 252 keys in f32, 256 in bf16),
+    // batch and heads > 1, scores large enough that the running maximum changes between key blocks.
     for &(b, h, lq, lk, d) in &[
         (1, 1, 1, 1, 8),
         (2, 3, 70, 300, 16),
@@ -129,7 +129,13 @@ fn silu_matches_its_definition() {
 fn bf16_attention_matches_the_full_softmax_of_the_rounded_inputs() {
     use half::bf16;
     use zoetrope_kernels::attention::Heads16;
-    for &(b, h, lq, lk, d) in &[(1, 2, 70, 300, 64), (2, 1, 5, 40, 32)] {
+    for &(b, h, lq, lk, d) in &[
+        (1, 2, 70, 300, 64),
+        (2, 1, 5, 40, 32),
+        (1, 3, 130, 777, 128),
+        (2, 2, 33, 50, 16),
+        (1, 1, 1, 1, 40),
+    ] {
         let w = h * d;
         let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
         let q = round(rand_vec(b * lq * w, 11, 2.0));
