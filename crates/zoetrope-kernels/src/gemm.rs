@@ -167,6 +167,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run<B: PackB>(
     m: usize,
@@ -219,6 +226,11 @@ fn run<B: PackB>(
         1
     };
     let cptr = SharedMut(c.as_mut_ptr());
+    if let Some((bdata, kfull)) = b.prepacked() {
+        return run_prepacked(
+            m, n, k, a, bdata, kfull, cptr, ldc, beta, bias, threads, avx512,
+        );
+    }
     with_scratch(|[bbuf, abuf_all]: &mut [AlignedBuf; 2]| {
         // With more than one column block every row block would pack the same A again for
         // each: pack all of A once instead (block `bi`, slice `p0` at `bi·MC·k + rows·p0`).
@@ -310,6 +322,92 @@ fn run<B: PackB>(
             j0 += nc;
         }
     });
+}
+
+/// `parts` near-equal consecutive ranges covering `0..total`.
+fn split(total: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    let (q, r) = (total / parts, total % parts);
+    let start = i * q + i.min(r);
+    start..start + q + usize::from(i < r)
+}
+
+/// B already packed over its full depth (a linear layer's weight): one parallel pass. Each unit
+/// owns a block of C (up to `MC` rows × `NC` columns) and runs the whole depth over it, `KC` at a
+/// time, so C stays in L2 between slices and there is no barrier per slice. Within a slice each
+/// B panel (`KC × NR`, L1) meets all of the unit's A panels (L2) in turn.
+#[allow(clippy::too_many_arguments)]
+fn run_prepacked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    bdata: &[f32],
+    kfull: usize,
+    c: SharedMut,
+    ldc: usize,
+    beta: Beta,
+    bias: Option<&[f32]>,
+    threads: usize,
+    avx512: bool,
+) {
+    let (panels_m, panels_n) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut row_blocks = panels_m.div_ceil(MC / MR);
+    let mut col_blocks = panels_n.div_ceil(NC / NR);
+    // Enough units for every thread (4 each, so uneven units even out): split the columns
+    // further, then the rows.
+    if row_blocks * col_blocks < 4 * threads {
+        col_blocks = panels_n.min((4 * threads).div_ceil(row_blocks));
+    }
+    if row_blocks * col_blocks < 4 * threads {
+        row_blocks = panels_m.min((4 * threads).div_ceil(col_blocks));
+    }
+    let unit = |u: usize| {
+        let (rb, cb) = (u / col_blocks, u % col_blocks);
+        let rp = split(panels_m, row_blocks, rb);
+        let cp = split(panels_n, col_blocks, cb);
+        let (i0, mc) = (rp.start * MR, (rp.end * MR).min(m) - rp.start * MR);
+        with_scratch(|[abuf]: &mut [AlignedBuf; 1]| {
+            let mut p0 = 0;
+            while p0 < k {
+                let kc = KC.min(k - p0);
+                let apack = abuf.slice_mut::<f32>(rp.len() * MR * kc);
+                pack_a(a, i0, mc, p0, kc, apack);
+                let accumulate = p0 > 0 || beta == Beta::Accumulate;
+                let last = p0 + kc == k;
+                for jp in cp.clone() {
+                    let jj = jp * NR;
+                    let bp = bdata[(jp * kfull + p0) * NR..].as_ptr();
+                    for (q, ap) in apack.chunks_exact(MR * kc).enumerate() {
+                        let ii = i0 + q * MR;
+                        let out = Out {
+                            // SAFETY (of the pointer arithmetic): row ii, column jj lie inside
+                            // C (checked by `run`).
+                            c: unsafe { c.ptr().add(ii * ldc + jj) },
+                            ldc,
+                            mr: MR.min(m - ii),
+                            nr: NR.min(n - jj),
+                            accumulate,
+                            bias: if last {
+                                bias.map(|b| b[jj..].as_ptr())
+                            } else {
+                                None
+                            },
+                        };
+                        // SAFETY: the A panel holds `kc` rows of MR, B's panel `kc` rows of NR
+                        // from depth p0; the unit writes only its own rows × columns of C.
+                        unsafe { micro(kc, ap.as_ptr(), bp, out, avx512) };
+                    }
+                }
+                p0 += kc;
+            }
+        })
+    };
+    let units = row_blocks * col_blocks;
+    if threads > 1 && units > 1 {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
 }
 
 /// One `KC` slice of the product over one column block of `NC`.

@@ -133,7 +133,7 @@ fn too_short_an_input_is_refused() {
 #[test]
 fn prepacked_b_gives_the_same_product() {
     use zoetrope_kernels::gemm::PackedF32;
-    for &(m, n, k) in &[(5, 40, 30), (130, 1100, 300), (20, 33, 600)] {
+    for &(m, n, k) in &[(5, 40, 30), (130, 1100, 300), (20, 33, 600), (801, 70, 40)] {
         let a = rand_vec(m * k, 7);
         let w = rand_vec(n * k, 8); // [n, k]
         let bias = rand_vec(n, 9);
@@ -164,5 +164,31 @@ fn prepacked_b_gives_the_same_product() {
             Some(&bias),
         );
         assert_eq!(got, want, "{m}x{n}x{k}");
+        // Accumulating into C, without a bias.
+        let c0 = rand_vec(m * n, 10);
+        let (mut want, mut got) = (c0.clone(), c0);
+        gemm::sgemm(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            Mat::transposed(&w, k),
+            &mut want,
+            n,
+            Beta::Accumulate,
+            None,
+        );
+        gemm::sgemm_with(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            &packed,
+            &mut got,
+            n,
+            Beta::Accumulate,
+            None,
+        );
+        assert_eq!(got, want, "{m}x{n}x{k}, accumulating");
     }
 }
