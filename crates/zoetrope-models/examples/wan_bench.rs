@@ -3,7 +3,7 @@
 //! diffusers' (`tools/bench/wan_vs_diffusers.sh` runs both, interleaved).
 //!
 //! ```sh
-//! cargo run --profile ci -p zoetrope-models --example wan_bench -- DIR \
+//! cargo run --release -p zoetrope-models --example wan_bench -- DIR \
 //!     --component transformer|vae|attention|gemm [--dtype f32|bf16] [--warmup W] [--runs N]
 //! ```
 //!
