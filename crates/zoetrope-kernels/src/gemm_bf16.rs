@@ -15,7 +15,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::buf::AlignedBuf;
+use crate::buf::{with_scratch, AlignedBuf};
 use crate::cpu;
 use crate::gemm::{self, Beta, Mat};
 
@@ -32,6 +32,12 @@ const NBLOCK: usize = 128;
 pub trait ToBf16: Copy + Send + Sync {
     fn bits(self) -> u16;
     fn to_f32(self) -> f32;
+
+    /// `dst[i] = src[i].bits()` for a run (one row of a tile: at most 32 values).
+    #[inline]
+    fn bits_run(src: &[Self], dst: &mut [u16]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.bits());
+    }
 }
 
 impl ToBf16 for f32 {
@@ -43,6 +49,10 @@ impl ToBf16 for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    #[inline]
+    fn bits_run(src: &[Self], dst: &mut [u16]) {
+        crate::rows::narrow_bf16_bits(src, dst)
+    }
 }
 
 impl ToBf16 for bf16 {
@@ -53,6 +63,13 @@ impl ToBf16 for bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+    #[inline]
+    fn bits_run(src: &[Self], dst: &mut [u16]) {
+        // SAFETY: bf16 is a transparent u16.
+        let src: &[u16] =
+            unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u16, src.len()) };
+        dst.copy_from_slice(src);
     }
 }
 
@@ -388,8 +405,29 @@ fn gemm_impl<A: ToBf16, C: FromF32>(
     let kchunks = b.kchunks;
     let mpanels = m.div_ceil(2 * TILE) * 2;
     let alen = mpanels * kchunks * TILE_ELEMS;
-    let mut abuf = AlignedBuf::with_len::<u16>(alen);
-    let apack = abuf.slice_mut::<u16>(alen);
+    with_scratch(|[abuf]: &mut [AlignedBuf; 1]| {
+        let apack = abuf.slice_mut::<u16>(alen);
+        run_packed(m, a, lda, b, c, ldc, bias, act, parallel, apack)
+    })
+}
+
+/// The AMX body of [`gemm_impl`], with A's tile buffer (`alen` u16) given.
+#[allow(clippy::too_many_arguments)]
+fn run_packed<A: ToBf16, C: FromF32>(
+    m: usize,
+    a: &[A],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [C],
+    ldc: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    parallel: bool,
+    apack: &mut [u16],
+) {
+    let (k, n) = (b.k, b.n);
+    let kchunks = b.kchunks;
+    let mpanels = m.div_ceil(2 * TILE) * 2;
     let pack_panel = |(q, panel): (usize, &mut [u16])| {
         for r in 0..TILE {
             let i = q * TILE + r;
@@ -401,13 +439,10 @@ fn gemm_impl<A: ToBf16, C: FromF32>(
                 } else {
                     0
                 };
-                for (e, dst) in row.iter_mut().enumerate() {
-                    *dst = if e < valid {
-                        a[i * lda + p0 + e].bits()
-                    } else {
-                        0
-                    };
+                if valid > 0 {
+                    A::bits_run(&a[i * lda + p0..i * lda + p0 + valid], &mut row[..valid]);
                 }
+                row[valid..].fill(0);
             }
         }
     };

@@ -68,6 +68,32 @@ pub fn softmax_columns(
     }
 }
 
+/// `dst[i] = bf16(src[i])` as bits, rounded to nearest even (AVX512-BF16 where the CPU has it).
+pub fn narrow_bf16_bits(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "narrow_bf16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::features().avx512bf16 {
+        // SAFETY: AVX512-BF16 is available; the lengths match.
+        return unsafe { avx512::narrow_bf16(src, dst) };
+    }
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = half::bf16::from_f32(s).to_bits());
+}
+
+/// `dst[i] = f32(src[i])` for bf16 bits (exact).
+pub fn widen_bf16_bits(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_bf16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::features().avx512f {
+        // SAFETY: AVX-512F is available; the lengths match.
+        return unsafe { avx512::widen_bf16(src, dst) };
+    }
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = f32::from_bits((s as u32) << 16));
+}
+
 /// `row *= alpha`.
 pub fn scale(row: &mut [f32], alpha: f32) {
     row.iter_mut().for_each(|x| *x *= alpha);
@@ -163,6 +189,34 @@ pub(crate) mod avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, n)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub unsafe fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
+        let n = src.len();
+        let mut i = 0;
+        while i < n {
+            let len = (n - i).min(16);
+            let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+            let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, h);
+            i += 16;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+        let n = src.len();
+        let mut i = 0;
+        while i < n {
+            let len = (n - i).min(16);
+            let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+            let h = _mm256_maskz_loadu_epi16(mask, src.as_ptr().add(i) as *const i16);
+            let v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
+            i += 16;
+        }
     }
 
     #[target_feature(enable = "avx512f")]

@@ -119,3 +119,32 @@ fn gelu_epilogue_acts_on_the_rounded_output() {
         );
     }
 }
+
+#[test]
+fn bf16_conversions_round_to_nearest_even_like_half() {
+    use zoetrope_kernels::rows;
+    // Normal-range values of both signs, exact ties (the low 16 bits 0x8000) and their
+    // neighbours, values that round up into the next binade, and lengths around 16.
+    let mut src: Vec<f32> = (0..997)
+        .map(|i| ((i as f32) * 0.731).sin() * 10f32.powi(i % 9 - 4))
+        .collect();
+    for base in [0x3f80_0000u32, 0xbf80_0000, 0x4049_0000, 0x3f7f_ffff] {
+        for low in [0x7fffu32, 0x8000, 0x8001, 0x1_8000] {
+            src.push(f32::from_bits(base + low));
+        }
+    }
+    src.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 65504.0, 1e30]);
+    for len in [0, 1, 15, 16, 17, 33, src.len()] {
+        let s = &src[..len];
+        let mut bits = vec![0u16; len];
+        rows::narrow_bf16_bits(s, &mut bits);
+        for (i, (&b, &x)) in bits.iter().zip(s).enumerate() {
+            assert_eq!(b, half::bf16::from_f32(x).to_bits(), "element {i}: {x:e}");
+        }
+        let mut back = vec![f32::NAN; len];
+        rows::widen_bf16_bits(&bits, &mut back);
+        for (&w, &b) in back.iter().zip(&bits) {
+            assert_eq!(w.to_bits(), half::bf16::from_bits(b).to_f32().to_bits());
+        }
+    }
+}

@@ -203,6 +203,9 @@ impl Linear {
             Some(w) => w.clone(),
             None => self.weight()?,
         };
+        // An f32 input to a bf16 layer (attention's output) is rounded first, as the packed
+        // path rounds it.
+        let x = &x.to_dtype(self.dtype)?;
         if kernels_on(x) && x.dtype() == DType::F32 && self.dtype == DType::F32 {
             let op = LinearF32 {
                 bias: self.bias_f32.as_deref().map(|v| v.as_slice()),
@@ -430,30 +433,27 @@ impl CustomOp3 for Flash {
     }
 }
 
-/// Rows of `x [B, L, D]` (f32 or bf16) as f32, handed to `f(batch, row_in, row_out)` in parallel;
-/// the result has `x`'s dtype (rounded once from f32).
+/// Rows of `x [B, L, D]` (f32 or bf16) as f32, handed to `f(batch, token, row_in, row_out)` in
+/// parallel; the result has `x`'s dtype (rounded once from f32).
 fn map_rows(
     op: &str,
     s: &CpuStorage,
     l: &Layout,
-    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+    f: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     let dims = l.dims();
-    let (d, rows_per_batch) = match *dims {
-        [_, l_, d] => (d, l_),
+    let (d, per_batch) = match *dims {
+        [_, l_, d] => (d, l_.max(1)),
         _ => candle_core::bail!("{op}: input must be [B, L, D], got {dims:?}"),
-    };
-    let run = |x: &[f32], out: &mut [f32]| {
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .enumerate()
-            .for_each(|(r, (o, xr))| f(r / rows_per_batch.max(1), xr, o));
     };
     match s {
         CpuStorage::F32(_) => {
             let x = slice::<f32>(op, s, l)?;
             let mut out = vec![0f32; x.len()];
-            run(x, &mut out);
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .enumerate()
+                .for_each(|(r, (o, xr))| f(r / per_batch, r % per_batch, xr, o));
             Ok((CpuStorage::F32(out), l.shape().clone()))
         }
         CpuStorage::BF16(_) => {
@@ -465,17 +465,25 @@ fn map_rows(
                 .for_each_init(
                     || (vec![0f32; d], vec![0f32; d]),
                     |(xf, of), (r, (o, xr))| {
-                        xf.iter_mut().zip(xr).for_each(|(a, v)| *a = v.to_f32());
-                        f(r / rows_per_batch.max(1), xf, of);
-                        o.iter_mut()
-                            .zip(of.iter())
-                            .for_each(|(o, &v)| *o = bf16::from_f32(v));
+                        rows::widen_bf16_bits(bf16_bits(xr), xf);
+                        f(r / per_batch, r % per_batch, xf, of);
+                        rows::narrow_bf16_bits(of, bf16_bits_mut(o));
                     },
                 );
             Ok((CpuStorage::BF16(out), l.shape().clone()))
         }
         _ => candle_core::bail!("{op}: f32 or bf16 input expected, got {:?}", s.dtype()),
     }
+}
+
+fn bf16_bits(x: &[bf16]) -> &[u16] {
+    // SAFETY: bf16 is a transparent u16.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) }
+}
+
+fn bf16_bits_mut(x: &mut [bf16]) -> &mut [u16] {
+    // SAFETY: bf16 is a transparent u16.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u16, x.len()) }
 }
 
 /// Per-batch rows `[B or 1, 1, D]` of an f32 table, as `B` (or 1) slices.
@@ -555,7 +563,7 @@ impl CustomOp3 for LnModulate {
         let d = *xl.dims().last().expect("rank 3");
         let scale = table_rows("layer_norm_modulate", ss, sl, d)?;
         let shift = table_rows("layer_norm_modulate", hs, hl, d)?;
-        map_rows("layer_norm_modulate", xs, xl, |b, x, out| {
+        map_rows("layer_norm_modulate", xs, xl, |b, _, x, out| {
             rows::layer_norm_modulate(x, self.eps, row_of(scale, b, d), row_of(shift, b, d), out)
         })
     }
@@ -603,7 +611,7 @@ impl CustomOp3 for LnAffine {
     ) -> Result<(CpuStorage, Shape)> {
         let w = slice::<f32>("layer_norm_affine", ws, wl)?;
         let b = slice::<f32>("layer_norm_affine", bs, bl)?;
-        map_rows("layer_norm_affine", xs, xl, |_, x, out| {
+        map_rows("layer_norm_affine", xs, xl, |_, _, x, out| {
             rows::layer_norm_affine(x, self.eps, w, b, out)
         })
     }
@@ -627,6 +635,66 @@ pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
         .to_dtype(dtype)
 }
 
+/// Residual `x + y` of two `[B, L, D]` tensors of one dtype, summed in f32 and rounded once
+/// (torch's bf16 `add`).
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if x.dims() != y.dims() || x.dtype() != y.dtype() {
+        candle_core::bail!("add: x {:?} and y {:?} differ", x.dims(), y.dims());
+    }
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) && x.rank() == 3 {
+        return x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &AddRows);
+    }
+    x + y
+}
+
+/// `x + y·gate` row by row, `gate` per batch (`None`: 1).
+fn add_rows(
+    op: &str,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ys: &CpuStorage,
+    yl: &Layout,
+    gate: Option<&[f32]>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = *xl.dims().last().expect("rank 3");
+    let per_batch = xl.dims()[1].max(1);
+    let add_row = |r: usize, o: &mut [f32], y: &[f32]| match gate {
+        Some(g) => rows::add_gated(o, y, row_of(g, r / per_batch, d)),
+        None => o.iter_mut().zip(y).for_each(|(a, b)| *a += b),
+    };
+    match ys {
+        CpuStorage::F32(_) => {
+            let x = slice::<f32>(op, xs, xl)?;
+            let y = slice::<f32>(op, ys, yl)?;
+            let mut out = x.to_vec();
+            out.par_chunks_mut(d)
+                .zip(y.par_chunks(d))
+                .enumerate()
+                .for_each(|(r, (o, yr))| add_row(r, o, yr));
+            Ok((CpuStorage::F32(out), xl.shape().clone()))
+        }
+        CpuStorage::BF16(_) => {
+            let x = slice::<bf16>(op, xs, xl)?;
+            let y = slice::<bf16>(op, ys, yl)?;
+            let mut out = vec![bf16::ZERO; x.len()];
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d).zip(y.par_chunks(d)))
+                .enumerate()
+                .for_each_init(
+                    || (vec![0f32; d], vec![0f32; d]),
+                    |(xf, yf), (r, (o, (xr, yr)))| {
+                        rows::widen_bf16_bits(bf16_bits(xr), xf);
+                        rows::widen_bf16_bits(bf16_bits(yr), yf);
+                        add_row(r, xf, yf);
+                        rows::narrow_bf16_bits(xf, bf16_bits_mut(o));
+                    },
+                );
+            Ok((CpuStorage::BF16(out), xl.shape().clone()))
+        }
+        _ => candle_core::bail!("{op}: f32 or bf16 expected"),
+    }
+}
+
 struct AddGated;
 
 impl CustomOp3 for AddGated {
@@ -645,42 +713,77 @@ impl CustomOp3 for AddGated {
     ) -> Result<(CpuStorage, Shape)> {
         let d = *xl.dims().last().expect("rank 3");
         let gate = table_rows("add_gated", gs, gl, d)?;
-        let rows_per_batch = xl.dims()[1].max(1);
-        match ys {
-            CpuStorage::F32(_) => {
-                let x = slice::<f32>("add_gated", xs, xl)?;
-                let y = slice::<f32>("add_gated", ys, yl)?;
-                let mut out = x.to_vec();
-                out.par_chunks_mut(d)
-                    .zip(y.par_chunks(d))
-                    .enumerate()
-                    .for_each(|(r, (o, yr))| {
-                        rows::add_gated(o, yr, row_of(gate, r / rows_per_batch, d))
-                    });
-                Ok((CpuStorage::F32(out), xl.shape().clone()))
-            }
-            CpuStorage::BF16(_) => {
-                let x = slice::<bf16>("add_gated", xs, xl)?;
-                let y = slice::<bf16>("add_gated", ys, yl)?;
-                let mut out = vec![bf16::ZERO; x.len()];
-                out.par_chunks_mut(d)
-                    .zip(x.par_chunks(d).zip(y.par_chunks(d)))
-                    .enumerate()
-                    .for_each(|(r, (o, (xr, yr)))| {
-                        let g = row_of(gate, r / rows_per_batch, d);
-                        for (((o, xv), yv), gv) in o.iter_mut().zip(xr).zip(yr).zip(g) {
-                            *o = bf16::from_f32(xv.to_f32() + yv.to_f32() * gv);
-                        }
-                    });
-                Ok((CpuStorage::BF16(out), xl.shape().clone()))
-            }
-            _ => candle_core::bail!("add_gated: f32 or bf16 expected"),
-        }
+        add_rows("add_gated", xs, xl, ys, yl, Some(gate))
     }
 }
 
-/// Interleaved rotary embedding on `x [B, L, H·d]` in f32 (pairs `(x[2i], x[2i+1])` of every
-/// head rotated by the angle of `cos/sin [L, d/2]`); the result in f32.
+struct AddRows;
+
+impl CustomOp2 for AddRows {
+    fn name(&self) -> &'static str {
+        "zoetrope-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        add_rows("add", xs, xl, ys, yl, None)
+    }
+}
+
+/// RMS norm over the last dimension with an f32 `weight [D]`: `x·w/√(mean(x²) + eps)` in f32,
+/// the result in `x`'s dtype (f32 or bf16 `[B, L, D]`; rounded once).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dims3()?.2;
+    if weight.dims() != [d] || weight.dtype() != DType::F32 {
+        candle_core::bail!(
+            "rms_norm: weight must be f32 [{d}], got {:?}",
+            weight.dims()
+        );
+    }
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&weight.contiguous()?, &RmsNormRows { eps: eps as f32 });
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let r = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    x.broadcast_mul(&r)?.broadcast_mul(weight)?.to_dtype(dtype)
+}
+
+struct RmsNormRows {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormRows {
+    fn name(&self) -> &'static str {
+        "zoetrope-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let w = slice::<f32>("rms_norm", ws, wl)?;
+        map_rows("rms_norm", xs, xl, |_, _, x, out| {
+            rows::rms_norm(x, self.eps, w, out)
+        })
+    }
+}
+
+/// Interleaved rotary embedding on `x [B, L, H·d]` (pairs `(x[2i], x[2i+1])` of every head
+/// rotated by the angle of `cos/sin [L, d/2]`), computed in f32; the result in `x`'s dtype on
+/// the kernels' path (f32 or bf16), in f32 otherwise.
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, l, width) = x.dims3()?;
     let d = width / heads.max(1);
@@ -691,14 +794,14 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) ->
             cos.dims()
         );
     }
-    let x = x.to_dtype(DType::F32)?;
-    if kernels_on(&x) {
+    if kernels_on(x) && matches!(x.dtype(), DType::F32 | DType::BF16) {
         return x.contiguous()?.apply_op3_no_bwd(
             &cos.contiguous()?,
             &sin.contiguous()?,
             &Rope { heads },
         );
     }
+    let x = x.to_dtype(DType::F32)?;
     let xh = x.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?;
     candle_nn::rotary_emb::rope_i(&xh, cos, sin)?
         .transpose(1, 2)?
@@ -723,30 +826,23 @@ impl CustomOp3 for Rope {
         ss: &CpuStorage,
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, l, width) = xl.shape().dims3()?;
+        let (_, _, width) = xl.shape().dims3()?;
         let half = width / self.heads / 2;
-        let x = slice::<f32>("rope", xs, xl)?;
         let cos = slice::<f32>("rope", cs, cl)?;
         let sin = slice::<f32>("rope", ss, sl)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(width)
-            .zip(x.par_chunks(width))
-            .enumerate()
-            .for_each(|(r, (o, xr))| {
-                let t = r % l;
-                let (c, s) = (
-                    &cos[t * half..(t + 1) * half],
-                    &sin[t * half..(t + 1) * half],
-                );
-                for (oh, xh) in o.chunks_exact_mut(2 * half).zip(xr.chunks_exact(2 * half)) {
-                    for i in 0..half {
-                        let (x0, x1) = (xh[2 * i], xh[2 * i + 1]);
-                        oh[2 * i] = x0 * c[i] - x1 * s[i];
-                        oh[2 * i + 1] = x0 * s[i] + x1 * c[i];
-                    }
+        map_rows("rope", xs, xl, |_, t, xr, o| {
+            let (c, s) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
+            for (oh, xh) in o.chunks_exact_mut(2 * half).zip(xr.chunks_exact(2 * half)) {
+                for i in 0..half {
+                    let (x0, x1) = (xh[2 * i], xh[2 * i + 1]);
+                    oh[2 * i] = x0 * c[i] - x1 * s[i];
+                    oh[2 * i + 1] = x0 * s[i] + x1 * c[i];
                 }
-            });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
+            }
+        })
     }
 }
 

@@ -210,6 +210,58 @@ fn rope_matches_candle_rope_i() {
         .reshape((b, l, heads * d))
         .unwrap();
     assert!(max_abs_diff(&got, &want).unwrap() < 1e-6);
+    // bf16 rows: the f32 result rounded once.
+    let xb = x.to_dtype(DType::BF16).unwrap();
+    let got = fast::rope_interleaved(&xb, &cos, &sin, heads).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    let want = fast::rope_interleaved(&xb.to_dtype(DType::F32).unwrap(), &cos, &sin, heads)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert_eq!(bf16_diff(&got, &want), 0.0);
+}
+
+fn bf16_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(
+        &a.to_dtype(DType::F32).unwrap(),
+        &b.to_dtype(DType::F32).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn rms_norm_and_residual_add_match_the_composites() {
+    let x = randn(&[2, 33, 40], 30).affine(3.0, 0.5).unwrap();
+    let w = randn(&[40], 31);
+    let got = fast::rms_norm(&x, &w, 1e-6).unwrap();
+    let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let want = x
+        .broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&w)
+        .unwrap();
+    assert!(max_abs_diff(&got, &want).unwrap() < 2e-6);
+    let xb = x.to_dtype(DType::BF16).unwrap();
+    let got = fast::rms_norm(&xb, &w, 1e-6).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    let want = fast::rms_norm(&xb.to_dtype(DType::F32).unwrap(), &w, 1e-6)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert_eq!(bf16_diff(&got, &want), 0.0);
+    assert!(fast::rms_norm(&x, &randn(&[39], 32), 1e-6).is_err());
+
+    let y = randn(&[2, 33, 40], 33);
+    let got = fast::add(&x, &y).unwrap();
+    assert_eq!(max_abs_diff(&got, &(&x + &y).unwrap()).unwrap(), 0.0);
+    let yb = y.to_dtype(DType::BF16).unwrap();
+    let got = fast::add(&xb, &yb).unwrap();
+    let want = (xb.to_dtype(DType::F32).unwrap() + yb.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert_eq!(bf16_diff(&got, &want), 0.0);
+    assert!(fast::add(&x, &xb).is_err());
 }
 
 #[test]

@@ -469,29 +469,20 @@ impl WanAttention {
         if x.device().is_cpu() && fused::enabled() {
             // zoetrope's kernels: the same computation on [B, L, heads·head_dim] tensors, with
             // no head transposes and flash attention (no score matrix at all).
-            let q = fused::rms_norm(
-                &x.apply(&self.to_q)?.to_dtype(DType::F32)?,
-                &self.norm_q,
-                self.eps,
-            )?
-            .to_dtype(dtype)?;
-            let k = fused::rms_norm(
-                &ctx.apply(&self.to_k)?.to_dtype(DType::F32)?,
-                &self.norm_k,
-                self.eps,
-            )?
-            .to_dtype(dtype)?;
+            // Norms and RoPE in f32 on rows of the model dtype, each rounded once to it;
+            // attention's f32 output goes straight into `to_out`, which rounds its input to the
+            // weight's dtype.
+            let q = fast::rms_norm(&x.apply(&self.to_q)?, &self.norm_q, self.eps)?;
+            let k = fast::rms_norm(&ctx.apply(&self.to_k)?, &self.norm_k, self.eps)?;
             let v = ctx.apply(&self.to_v)?;
             let (q, k) = match rope {
                 Some((cos, sin)) => (
-                    fast::rope_interleaved(&q, cos, sin, self.heads)?.to_dtype(dtype)?,
-                    fast::rope_interleaved(&k, cos, sin, self.heads)?.to_dtype(dtype)?,
+                    fast::rope_interleaved(&q, cos, sin, self.heads)?,
+                    fast::rope_interleaved(&k, cos, sin, self.heads)?,
                 ),
                 None => (q, k),
             };
-            return fast::attention(&q, &k, &v, self.heads)?
-                .to_dtype(dtype)?
-                .apply(&self.to_out);
+            return fast::attention(&q, &k, &v, self.heads)?.apply(&self.to_out);
         }
         let (b, lq, dim) = x.dims3()?;
         let lk = ctx.dim(1)?;
@@ -587,7 +578,10 @@ impl WanBlock {
             Some((w, b)) => fast::layer_norm_affine(&x, w, b, self.eps)?,
             None => x.clone(),
         };
-        let x = (&x + self.attn2.forward(&n, Some(context), None, max_scores)?)?;
+        let x = fast::add(
+            &x,
+            &self.attn2.forward(&n, Some(context), None, max_scores)?,
+        )?;
 
         // 3. Feed-forward, GELU with tanh approximation (`gelu-approximate`).
         let n = fast::layer_norm_modulate(&x, &c_scale, &c_shift, self.eps)?;
