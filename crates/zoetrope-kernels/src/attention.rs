@@ -419,11 +419,14 @@ fn attention_amx(q: Heads16, k: Heads16, v: Heads16, out: &mut [f32], s: Shape, 
                             } else {
                                 0
                             };
-                            let src =
-                                &qb[(i0 + i.min(rows.saturating_sub(1))) * q.token + c * KSTEP..];
-                            for (e, o) in dst.iter_mut().enumerate() {
-                                *o = if e < valid { src[e].to_bits() } else { 0 };
+                            if valid > 0 {
+                                let at = (i0 + i) * q.token + c * KSTEP;
+                                <half::bf16 as crate::gemm_bf16::ToBf16>::bits_run(
+                                    &qb[at..at + valid],
+                                    &mut dst[..valid],
+                                );
                             }
+                            dst[valid..].fill(0);
                         }
                     }
                 }
