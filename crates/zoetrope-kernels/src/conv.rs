@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::buf::{with_scratch, AlignedBuf};
 use crate::gemm::{self, Beta, Mat, PackB, NR};
+use crate::gemm_bf16::{KSTEP, TILE, TILE_ELEMS};
 
 /// Sizes of one convolution. `t` is the input length *after* any causal padding (the
 /// convolution is valid in time).
@@ -76,6 +77,20 @@ pub fn conv3d_parts(
     s: Conv3d,
     out: &mut [f32],
 ) {
+    conv3d_parts_with(parts, weight, None, bias, s, out)
+}
+
+/// [`conv3d_parts`], with bf16 products on AMX tiles when `w16` (the same weight packed by
+/// [`Weight16::pack`]) is given and the CPU has AMX: inputs and weights rounded to bf16, products
+/// accumulated in f32, output f32. Stride-2 convolutions and CPUs without AMX take the f32 path.
+pub fn conv3d_parts_with(
+    parts: &[Part],
+    weight: &[f32],
+    w16: Option<&Weight16>,
+    bias: Option<&[f32]>,
+    s: Conv3d,
+    out: &mut [f32],
+) {
     let (to, ho, wo) = s
         .out_dims()
         .unwrap_or_else(|| panic!("conv3d: kernel {:?} does not fit input {s:?}", s.kernel));
@@ -134,12 +149,27 @@ pub fn conv3d_parts(
     }
     let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
     let grid = ho * wp;
-    with_scratch(|[xbuf, cbuf]: &mut [AlignedBuf; 2]| {
+    let w16 = w16.filter(|_| amx_conv_available());
+    if let Some(w) = w16 {
+        assert!(
+            w.cout == s.cout && w.cin == s.cin && w.taps == kt * kh * kw,
+            "conv3d: bf16 weight {w:?} does not fit {s:?}"
+        );
+    }
+    // On AMX, C's rows are padded to the tiles' 32 and its row stride to 32 columns.
+    let (crows, ldc) = match w16 {
+        Some(w) => (w.mpanels * TILE, grid.div_ceil(2 * TILE) * 2 * TILE),
+        None => (s.cout, grid),
+    };
+    with_scratch(|[xbuf, cbuf, vbuf]: &mut [AlignedBuf; 3]| {
         // Padded input plus `kw` zeros so the last run of the last tap stays in bounds.
         let xlen = s.cin * s.t * hp * wp;
         let xpad = xbuf.slice_mut::<f32>(xlen + kw);
         xpad[xlen..].fill(0.0);
-        let cbuf = cbuf.slice_mut::<f32>(s.cout * grid);
+        let cbuf = cbuf.slice_mut::<f32>(crows * ldc);
+        // For AMX: each channel pair's row of positions, plus room for the widest tile read.
+        let ilen = s.t * hp * wp + ldc - grid + kw + 2 * TILE;
+        let pairs = w16.map_or(0, |w| w.cchunks * TILE);
         for b in 0..s.batch {
             xpad[..xlen]
                 .par_chunks_mut(hp * wp)
@@ -162,8 +192,22 @@ pub fn conv3d_parts(
                     }
                 });
             let xpad: &[f32] = xpad;
+            let inter = w16.map(|_| {
+                let v = vbuf.slice_mut::<u16>(2 * pairs * ilen);
+                interleave_channels(xpad, s.cin, s.t * hp * wp, ilen, pairs, v);
+                Interleaved {
+                    data: &*v,
+                    len: ilen,
+                }
+            });
+            let offsets: Vec<usize> = (0..kt * kh * kw)
+                .map(|tap| {
+                    let (dt, r) = (tap / (kh * kw), tap % (kh * kw));
+                    dt * hp * wp + (r / kw) * wp + r % kw
+                })
+                .collect();
             for t in 0..to {
-                fill_bias(cbuf, grid, bias);
+                fill_bias(&mut cbuf[..s.cout * ldc], ldc, bias);
                 let src = Runs {
                     x: xpad,
                     frame0: t * s.time_stride,
@@ -172,11 +216,27 @@ pub fn conv3d_parts(
                     wp,
                     taps: [kt, kh, kw],
                 };
-                gemm::sgemm_with(s.cout, grid, k, a, &src, cbuf, grid, Beta::Accumulate, None);
+                match (w16, &inter) {
+                    (Some(w), Some(x)) => {
+                        let frame = t * s.time_stride * hp * wp;
+                        amx_direct(w, x, frame, &offsets, grid, cbuf, ldc)
+                    }
+                    _ => gemm::sgemm_with(
+                        s.cout,
+                        grid,
+                        k,
+                        a,
+                        &src,
+                        cbuf,
+                        ldc,
+                        Beta::Accumulate,
+                        None,
+                    ),
+                }
                 // Crop the padded-width rows into the output frame.
                 let ob = &mut out[b * s.cout * to * plane_out..(b + 1) * s.cout * to * plane_out];
                 ob.par_chunks_mut(to * plane_out)
-                    .zip(cbuf.par_chunks(grid))
+                    .zip(cbuf.par_chunks(ldc))
                     .for_each(|(oc, cc)| {
                         let dst = &mut oc[t * plane_out..(t + 1) * plane_out];
                         for y in 0..ho {
@@ -233,6 +293,247 @@ fn fill_bias(c: &mut [f32], row: usize, bias: Option<&[f32]>) {
     match bias {
         Some(b) => c.chunks_mut(row).zip(b).for_each(|(r, &v)| r.fill(v)),
         None => c.fill(0.0),
+    }
+}
+
+/// Whether [`conv3d_parts_with`] can run on AMX here (tiles and AVX512-BF16 rounding).
+pub fn amx_conv_available() -> bool {
+    crate::gemm_bf16::amx_available() && crate::cpu::features().avx512bf16
+}
+
+/// A convolution weight `[Cout, Cin, kt, kh, kw]` rounded to bf16 and packed once into AMX A
+/// tiles for the direct convolution: 16-row panels (an even number, zero rows past `cout`), each
+/// a run of 32-deep tiles over the depth ordered (tap, channel): step `tap·C/32 + c` holds input
+/// channels `32c..32c+32` (zero past `cin`) of kernel tap `tap`.
+pub struct Weight16 {
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    /// 32-channel chunks per tap.
+    cchunks: usize,
+    mpanels: usize,
+    tiles: AlignedBuf,
+}
+
+impl std::fmt::Debug for Weight16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Weight16 {{ cout: {}, cin: {}, taps: {} }}",
+            self.cout, self.cin, self.taps
+        )
+    }
+}
+
+impl Weight16 {
+    /// Packs `weight [cout, cin, taps]` (taps = kt·kh·kw, the layout of a conv3d weight).
+    pub fn pack(weight: &[f32], cout: usize, cin: usize, taps: usize) -> Self {
+        assert_eq!(weight.len(), cout * cin * taps, "Weight16: weight size");
+        let cchunks = cin.div_ceil(KSTEP);
+        let steps = taps * cchunks;
+        let mpanels = cout.div_ceil(2 * TILE) * 2;
+        let len = mpanels * steps * TILE_ELEMS;
+        let mut tiles = AlignedBuf::with_len::<u16>(len);
+        let t = tiles.slice_mut::<u16>(len);
+        t.par_chunks_mut((steps * TILE_ELEMS).max(1))
+            .enumerate()
+            .for_each(|(q, panel)| {
+                for (st, tile) in panel.chunks_exact_mut(TILE_ELEMS).enumerate() {
+                    let (tap, c) = (st / cchunks, st % cchunks);
+                    for (r, row) in tile.chunks_exact_mut(KSTEP).enumerate() {
+                        let co = q * TILE + r;
+                        for (e, v) in row.iter_mut().enumerate() {
+                            let ci = c * KSTEP + e;
+                            *v = if co < cout && ci < cin {
+                                half::bf16::from_f32(weight[(co * cin + ci) * taps + tap]).to_bits()
+                            } else {
+                                0
+                            };
+                        }
+                    }
+                }
+            });
+        Self {
+            cout,
+            cin,
+            taps,
+            cchunks,
+            mpanels,
+            tiles,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.mpanels * self.taps * self.cchunks * TILE_ELEMS * 2
+    }
+}
+
+/// The padded input of one batch item in AMX B-tile order: channel pairs interleaved,
+/// `[C/2][positions][2]` bf16, each pair's row `len` positions (frames × padded plane, plus zeros
+/// past the end so every tile read stays inside).
+struct Interleaved<'a> {
+    data: &'a [u16],
+    len: usize,
+}
+
+/// Builds [`Interleaved`] from the f32 padded input `[cin][positions]` (rows `src_len` long)
+/// into `dst`, channels padded with zeros to `2·pairs`.
+fn interleave_channels(
+    x: &[f32],
+    cin: usize,
+    src_len: usize,
+    len: usize,
+    pairs: usize,
+    dst: &mut [u16],
+) {
+    dst.par_chunks_mut(2 * len)
+        .enumerate()
+        .take(pairs)
+        .for_each(|(cp, out)| {
+            let row = |ci: usize| (ci < cin).then(|| &x[ci * src_len..(ci + 1) * src_len]);
+            let (r0, r1) = (row(2 * cp), row(2 * cp + 1));
+            let mut p = 0;
+            while p < len {
+                let n = 16.min(len - p);
+                let end = (p + n).min(src_len);
+                let (a, b) = if p < src_len {
+                    (r0.map(|r| &r[p..end]), r1.map(|r| &r[p..end]))
+                } else {
+                    (None, None)
+                };
+                interleave_pair(a, b, &mut out[2 * p..2 * p + 2 * n]);
+                p += n;
+            }
+        });
+}
+
+/// Columns of C per AMX task (two 32-column tile pairs).
+const NB16: usize = 64;
+
+/// One output frame of the direct convolution on AMX: `C[cout × n] += W ⊛ x` with B tiles read
+/// straight from the interleaved input at each tap's offset (no im2col packing at all). `frame`
+/// is the first input position of the frame; `offsets[tap]` the tap's shift `dt·plane + dy·wp +
+/// dx`. C is f32 with row stride `ldc` (a multiple of 32, ≥ n) and `w.mpanels·16` rows.
+fn amx_direct(
+    w: &Weight16,
+    x: &Interleaved,
+    frame: usize,
+    offsets: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    use crate::gemm_bf16::amx;
+    assert!(ldc >= n && ldc.is_multiple_of(2 * TILE) && c.len() >= w.mpanels * TILE * ldc);
+    assert_eq!(offsets.len(), w.taps, "conv3d: one offset per tap");
+    let steps = w.taps * w.cchunks;
+    // Per step, where its B tile starts (u16 index, before the column): 16 channel pairs from
+    // pair 16·c, shifted by the tap.
+    let starts: Vec<usize> = (0..steps)
+        .map(|st| {
+            let (tap, cc) = (st / w.cchunks, st % w.cchunks);
+            2 * (cc * TILE * x.len + frame + offsets[tap])
+        })
+        .collect();
+    // The farthest tile row read ends at position frame + max offset + ldc of a pair's row.
+    let reach = frame + offsets.iter().max().copied().unwrap_or(0) + ldc;
+    assert!(
+        reach <= x.len && x.data.len() >= 2 * w.cchunks * TILE * x.len,
+        "conv3d: interleaved input too short"
+    );
+    let cptr = SharedF32(c.as_mut_ptr());
+    let atiles = w.tiles.slice::<u16>(w.mpanels * steps * TILE_ELEMS);
+    let blocks = n.div_ceil(NB16);
+    (0..blocks).into_par_iter().for_each(|jb| {
+        let j0 = jb * NB16;
+        let bpairs = NB16.min(n - j0).div_ceil(2 * TILE);
+        // SAFETY: AMX is available (checked by the caller). A's tiles lie inside its panels; B's
+        // rows (16 channel pairs `x.len` apart, 64 bytes each) inside the interleaved input
+        // (checked above); C's tiles inside `c`'s padded rows × columns [j0, j0 + 32·bpairs) ≤
+        // ldc, which this task alone writes.
+        unsafe {
+            amx::with_tiles(|| {
+                for ip in 0..w.mpanels / 2 {
+                    for jp in 0..bpairs {
+                        let j = j0 + jp * 2 * TILE;
+                        amx::block_gather_b(
+                            atiles.as_ptr().add(2 * ip * steps * TILE_ELEMS),
+                            steps * TILE_ELEMS,
+                            x.data.as_ptr().add(2 * j),
+                            &starts,
+                            4 * x.len,
+                            cptr.at(2 * ip * TILE * ldc + j),
+                            ldc * 4,
+                        );
+                    }
+                }
+            })
+        };
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedF32(*mut f32);
+// SAFETY: the AMX tasks write disjoint column blocks of C.
+unsafe impl Send for SharedF32 {}
+unsafe impl Sync for SharedF32 {}
+
+impl SharedF32 {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `row[2i] = bf16(r0[i])`, `row[2i + 1] = bf16(r1[i])` for `i < row.len()/2 ≤ 16` (a missing
+/// row, or values past a run's end, are zero).
+fn interleave_pair(r0: Option<&[f32]>, r1: Option<&[f32]>, row: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::features().avx512bf16 {
+        // SAFETY: AVX512-BF16 is available; runs hold at most 16 values and `row` 32.
+        return unsafe { avx512::interleave_pair(r0, r1, row) };
+    }
+    row.fill(0);
+    for (e, r) in [r0, r1].into_iter().enumerate() {
+        if let Some(r) = r {
+            for (i, &v) in r.iter().enumerate() {
+                row[2 * i + e] = half::bf16::from_f32(v).to_bits();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Lane `i` of the result takes lane `i/2` of r0 (even `i`) or of r1 (odd `i`).
+    const IDX: [i16; 32] = {
+        let mut idx = [0i16; 32];
+        let mut i = 0;
+        while i < 32 {
+            idx[i] = (i / 2 + 16 * (i % 2)) as i16;
+            i += 1;
+        }
+        idx
+    };
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub unsafe fn interleave_pair(r0: Option<&[f32]>, r1: Option<&[f32]>, row: &mut [u16]) {
+        let load = |r: Option<&[f32]>| match r {
+            Some(r) => _mm512_maskz_loadu_ps(((1u32 << r.len()) - 1) as u16, r.as_ptr()),
+            None => _mm512_setzero_ps(),
+        };
+        let (a, b) = (load(r0), load(r1));
+        // Lanes 0..16 hold r0, 16..32 hold r1.
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+        let out = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX.as_ptr() as *const _), both);
+        let mask: __mmask32 = if row.len() >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << row.len()) - 1
+        };
+        _mm512_mask_storeu_epi16(row.as_mut_ptr() as *mut i16, mask, out);
     }
 }
 

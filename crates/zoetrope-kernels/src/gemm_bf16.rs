@@ -648,6 +648,72 @@ pub(crate) mod amx {
         );
     }
 
+    /// `C[32 × 32] += A-pair · B` over one step per entry of `b_starts`: A's panels as in
+    /// [`block_at`] (tiles consecutive, the second panel `a_panel` u16 on), B's two 16-column
+    /// tiles at `b + b_starts[t]` and 32 u16 further, their rows `b_stride` bytes apart (tiles
+    /// read in place from an interleaved input). C f32, rows `ldc` bytes apart, read first.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_gather_b(
+        a: *const u16,
+        a_panel: usize,
+        b: *const u16,
+        b_starts: &[usize],
+        b_stride: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let stride = 64usize;
+        let (c00, c01) = (c, c.add(TILE));
+        let (c10, c11) = (c.byte_add(TILE * ldc), c.byte_add(TILE * ldc).add(TILE));
+        asm!(
+            "tileloadd tmm0, [{c00} + {s}*1]",
+            "tileloadd tmm1, [{c01} + {s}*1]",
+            "tileloadd tmm2, [{c10} + {s}*1]",
+            "tileloadd tmm3, [{c11} + {s}*1]",
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
+            s = in(reg) ldc,
+            options(nostack, readonly)
+        );
+        for (t, &off) in b_starts.iter().enumerate() {
+            let a0 = a.add(t * TILE_ELEMS);
+            let a1 = a0.add(a_panel);
+            let b0 = b.add(off);
+            let b1 = b0.add(2 * TILE);
+            asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {bs}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {bs}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s = in(reg) stride,
+                bs = in(reg) b_stride,
+                options(nostack, readonly)
+            );
+        }
+        asm!(
+            "tilestored [{c00} + {s}*1], tmm0",
+            "tilestored [{c01} + {s}*1], tmm1",
+            "tilestored [{c10} + {s}*1], tmm2",
+            "tilestored [{c11} + {s}*1], tmm3",
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
+            s = in(reg) ldc,
+            options(nostack)
+        );
+    }
+
     /// `C[32 × 32] (+)= A-pair · B-pair` over `steps` 32-deep steps, C f32 row-major with rows
     /// `ldc` bytes apart, read first when `accumulate`. The A panels are `a_panel` u16 apart,
     /// the B panels `b_panel` apart (each panel a run of tiles, one per step).
@@ -730,6 +796,18 @@ pub(crate) mod amx {
         unreachable!("AMX is x86-64 only")
     }
     pub unsafe fn block(_a: *const u16, _b: *const u16, _kchunks: usize, _acc: *mut f32) {
+        unreachable!("AMX is x86-64 only")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_gather_b(
+        _a: *const u16,
+        _a_panel: usize,
+        _b: *const u16,
+        _b_starts: &[usize],
+        _b_stride: usize,
+        _c: *mut f32,
+        _ldc: usize,
+    ) {
         unreachable!("AMX is x86-64 only")
     }
     #[allow(clippy::too_many_arguments)]

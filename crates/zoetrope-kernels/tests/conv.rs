@@ -149,3 +149,75 @@ fn parts_are_the_concatenated_input() {
     conv::conv3d_parts(&parts, &w, None, s2, &mut got);
     assert_eq!(got, want);
 }
+
+#[test]
+fn bf16_products_match_the_direct_sum_of_the_rounded_values() {
+    use zoetrope_kernels::conv::{Part, Weight16};
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    // Channel counts off the tiles' 32, a depth over one 1024-deep slice (40·27 = 1080), a
+    // width over one 128-column task, and a stride-2 case (the f32 path).
+    let cases = [
+        (40, 3, 9, 150, 37, [3, 3, 3], 1, 1),
+        (5, 4, 7, 9, 6, [3, 3, 3], 1, 1),
+        (16, 2, 5, 4, 3, [1, 1, 1], 1, 0),
+        (3, 1, 9, 8, 5, [1, 3, 3], 2, 0),
+    ];
+    for (cin, t, h, w, cout, kernel, stride, pad) in cases {
+        let s = Conv3d {
+            batch: 1,
+            cin,
+            t,
+            h,
+            w,
+            cout,
+            kernel,
+            time_stride: 1,
+            stride,
+            pad,
+        };
+        let k = cin * kernel.iter().product::<usize>();
+        let x = rand_vec(cin * t * h * w, 4);
+        let wt = rand_vec(cout * k, 5);
+        let bias = rand_vec(cout, 6);
+        // The reference sees the zero frame written out.
+        let mut xz = vec![0f32; cin * (t + 1) * h * w];
+        for ci in 0..cin {
+            let (src, dst) = (ci * t * h * w, (ci * (t + 1) + 1) * h * w);
+            xz[dst..dst + t * h * w].copy_from_slice(&x[src..src + t * h * w]);
+        }
+        let sz = Conv3d { t: t + 1, ..s };
+        let (to, ho, wo) = sz.out_dims().unwrap();
+        let n = cout * to * ho * wo;
+        let mut want = vec![0f32; n];
+        if stride == 1 && conv::amx_conv_available() {
+            conv::reference(&round(&xz), &round(&wt), Some(&bias), sz, &mut want);
+        } else {
+            conv::reference(&xz, &wt, Some(&bias), sz, &mut want);
+        }
+        let w16 = Weight16::pack(&wt, cout, cin, k / cin);
+        let mut got = vec![f32::NAN; n];
+        // A causal conv's input: a zero frame in front of the data.
+        let s = Conv3d { t: t + 1, ..s };
+        let parts = [
+            Part {
+                data: None,
+                frames: 1,
+            },
+            Part {
+                data: Some(&x[..]),
+                frames: t,
+            },
+        ];
+        conv::conv3d_parts_with(&parts, &wt, Some(&w16), Some(&bias), s, &mut got);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 2e-6 * (k as f32).sqrt(), "{s:?}: max error {err}");
+    }
+}

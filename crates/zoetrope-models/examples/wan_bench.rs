@@ -71,9 +71,12 @@ fn main() -> Result<()> {
             )
         }
         "vae" => {
-            // zoetrope's Wan pipeline always decodes in f32 (its VAE kernels are f32; the
-            // VAE's weights are small): the bf16 row times that against diffusers' bf16 VAE.
-            let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, &dev)?;
+            // zoetrope's bf16 VAE keeps f32 weights and activations and runs its convolutions
+            // with bf16 products on AMX (as the pipeline does with `--dtype bf16`).
+            let mut vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, &dev)?;
+            if dtype == DType::BF16 {
+                zoetrope_nn::fast::Bf16Products::set_bf16_products(&mut vae, true)?;
+            }
             let z = load("vae_latent")?.to_dtype(DType::F32)?;
             (
                 Box::new(move || vae.decode(&z)),

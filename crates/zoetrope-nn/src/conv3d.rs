@@ -55,6 +55,8 @@ pub struct CausalConv3d {
     bias: Option<Tensor>,
     config: Conv3dConfig,
     kt: usize,
+    /// The weight packed for bf16 products on AMX, when they are switched on.
+    w16: Option<std::sync::Arc<zoetrope_kernels::conv::Weight16>>,
 }
 
 impl CausalConv3d {
@@ -74,6 +76,7 @@ impl CausalConv3d {
             bias,
             config,
             kt,
+            w16: None,
         })
     }
 
@@ -105,6 +108,11 @@ impl CausalConv3d {
             None
         };
         Self::new(weight, bias, config)
+    }
+
+    /// Whether the convolution runs with bf16 products on AMX.
+    pub fn bf16_products(&self) -> bool {
+        self.w16.is_some()
     }
 
     /// The weight `[Cout, Cin, kt, kh, kw]`.
@@ -156,6 +164,7 @@ impl CausalConv3d {
                 self.config.time_stride,
                 self.config.spatial_stride,
                 self.config.spatial_pad,
+                self.w16.as_deref(),
             );
         }
         let mut x = x.clone();
@@ -194,6 +203,7 @@ impl CausalConv3d {
                 self.config.time_stride,
                 self.config.spatial_stride,
                 self.config.spatial_pad,
+                self.w16.as_deref(),
             );
         }
         let (b, cin, tp, h, w) = x.dims5()?;
@@ -479,6 +489,19 @@ pub fn naive_conv3d(
         }
     }
     Tensor::from_vec(out, (b, cout, t_out, h_out, w_out), x.device())
+}
+
+impl crate::fast::Bf16Products for CausalConv3d {
+    /// Inference with bf16 products (inputs and weight rounded to bf16, f32 sums) on AMX; a
+    /// no-op where they do not apply (no AMX, a trainable or non-f32 weight).
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.w16 = if on {
+            crate::fast::pack_conv_bf16(&self.weight)?
+        } else {
+            None
+        };
+        Ok(())
+    }
 }
 
 #[cfg(test)]

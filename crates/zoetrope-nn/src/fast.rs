@@ -23,6 +23,7 @@ use candle_nn::VarBuilder;
 use half::bf16;
 use rayon::prelude::*;
 use zoetrope_kernels::attention::{self as flash, Heads};
+use zoetrope_kernels::conv::Weight16;
 use zoetrope_kernels::gemm::{self, Beta, Mat, PackedF32};
 use zoetrope_kernels::gemm_bf16::{self, Activation, PackedB};
 use zoetrope_kernels::rows;
@@ -881,8 +882,9 @@ pub fn conv3d(
     time_stride: usize,
     stride: usize,
     pad: usize,
+    w16: Option<&Weight16>,
 ) -> Result<Tensor> {
-    conv3d_causal(0, None, x, weight, bias, time_stride, stride, pad)
+    conv3d_causal(0, None, x, weight, bias, time_stride, stride, pad, w16)
 }
 
 /// [`conv3d`] of `[zero_frames zeros | front | x]` along time, without building that
@@ -897,6 +899,7 @@ pub fn conv3d_causal(
     time_stride: usize,
     stride: usize,
     pad: usize,
+    w16: Option<&Weight16>,
 ) -> Result<Tensor> {
     use zoetrope_kernels::conv::{Conv3d, Part};
     let (b, cin, t, h, w) = x.dims5()?;
@@ -963,7 +966,14 @@ pub fn conv3d_causal(
                     data: Some(xs),
                     frames: t,
                 });
-                zoetrope_kernels::conv::conv3d_parts(&parts, ws, bias.as_deref(), shape, &mut out);
+                zoetrope_kernels::conv::conv3d_parts_with(
+                    &parts,
+                    ws,
+                    w16,
+                    bias.as_deref(),
+                    shape,
+                    &mut out,
+                );
                 Ok(())
             };
             match &front {
@@ -987,6 +997,10 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 /// `conv.forward(x)` for `x [N, C, H, W]`, on the convolution kernel when it serves (groups
 /// and dilation 1), else candle's.
 pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
+    conv2d_with(x, conv, None)
+}
+
+fn conv2d_with(x: &Tensor, conv: &candle_nn::Conv2d, w16: Option<&Weight16>) -> Result<Tensor> {
     let cfg = conv.config();
     if !conv3d_kernel_supported(x, conv.weight()) || cfg.groups != 1 || cfg.dilation != 1 {
         return conv.forward(x);
@@ -1000,9 +1014,63 @@ pub fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> Result<Tensor> {
         1,
         cfg.stride,
         cfg.padding,
+        w16,
     )?;
     let (_, _, _, ho, wo) = y.dims5()?;
     y.reshape((n, cout, ho, wo))
+}
+
+/// A convolution weight packed for bf16 products on AMX ([`Weight16`]), or `None` where they
+/// do not apply (no AMX, a weight that is not f32 on the CPU or that needs gradients).
+pub fn pack_conv_bf16(weight: &Tensor) -> Result<Option<Arc<Weight16>>> {
+    if !zoetrope_kernels::conv::amx_conv_available()
+        || !weight.device().is_cpu()
+        || weight.dtype() != DType::F32
+        || weight.track_op()
+        || weight.rank() < 2
+    {
+        return Ok(None);
+    }
+    let (cout, cin) = (weight.dim(0)?, weight.dim(1)?);
+    let data = weight.flatten_all()?.to_vec1::<f32>()?;
+    let taps = data.len() / (cout * cin).max(1);
+    Ok(Some(Arc::new(Weight16::pack(&data, cout, cin, taps))))
+}
+
+/// Layers whose convolutions can take bf16 products (inputs and weights rounded to bf16,
+/// f32 sums and activations) on AMX: the speed of bf16 with f32 everywhere else.
+pub trait Bf16Products {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()>;
+}
+
+/// A 2D convolution (`candle_nn::Conv2d`) on zoetrope's kernel, optionally with bf16 products.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    conv: candle_nn::Conv2d,
+    w16: Option<Arc<Weight16>>,
+}
+
+impl Conv2d {
+    pub fn new(conv: candle_nn::Conv2d) -> Self {
+        Self { conv, w16: None }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        conv2d_with(x, &self.conv, self.w16.as_deref())
+    }
+}
+
+impl Bf16Products for Conv2d {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.w16 = if on {
+            pack_conv_bf16(self.conv.weight())?
+        } else {
+            None
+        };
+        Ok(())
+    }
 }
 
 /// Wan's VAE norm (`WanRMS_norm`): every position's channel vector L2-normalised, `x /

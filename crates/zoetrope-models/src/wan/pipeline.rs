@@ -237,8 +237,14 @@ impl WanPipeline {
                 )?
             }
         };
-        let vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, device)
+        // The VAE keeps f32 weights and activations; with a bf16 model its convolutions take
+        // bf16 products on AMX (f32 sums), where the CPU has it.
+        let mut vae = AutoencoderKLWan::load_dir(&dir.join("vae"), DType::F32, device)
             .map_err(|e| model_error(dir, "vae", e))?;
+        if dtype == DType::BF16 {
+            zoetrope_nn::fast::Bf16Products::set_bf16_products(&mut vae, true)
+                .map_err(|e| model_error(dir, "vae", e))?;
+        }
         let scheduler =
             SchedulerConfig::from_file(dir.join("scheduler").join("scheduler_config.json"))?;
         Ok(Self {

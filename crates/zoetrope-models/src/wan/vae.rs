@@ -19,11 +19,12 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 use zoetrope_nn::conv3d::{CausalConv3d, Conv3dConfig};
 use zoetrope_nn::fast;
+use zoetrope_nn::fast::{Bf16Products, Conv2d};
 
 /// Frames each causal conv keeps from the previous chunk (diffusers' `CACHE_T`).
 const CACHE_T: usize = 2;
@@ -315,8 +316,8 @@ impl AttnBlock {
         let cfg = Conv2dConfig::default();
         Ok(Self {
             norm: RmsNorm::load(vb.pp("norm"), dim, true)?,
-            to_qkv: candle_nn::conv2d(dim, dim * 3, 1, cfg, vb.pp("to_qkv"))?,
-            proj: candle_nn::conv2d(dim, dim, 1, cfg, vb.pp("proj"))?,
+            to_qkv: Conv2d::new(candle_nn::conv2d(dim, dim * 3, 1, cfg, vb.pp("to_qkv"))?),
+            proj: Conv2d::new(candle_nn::conv2d(dim, dim, 1, cfg, vb.pp("proj"))?),
             dim,
         })
     }
@@ -325,7 +326,7 @@ impl AttnBlock {
         let (b, c, _, h, w) = x.dims5()?;
         let xf = frames_to_batch(x)?;
         let bt = xf.dim(0)?;
-        let qkv = fast::conv2d(&self.norm.forward(&xf)?, &self.to_qkv)?;
+        let qkv = self.to_qkv.forward(&self.norm.forward(&xf)?)?;
         // [BT, 3C, HW] -> [BT, HW, 3C]; q, k, v are consecutive channel thirds.
         let qkv = qkv.reshape((bt, 3 * c, h * w))?.transpose(1, 2)?;
         let q = qkv.narrow(2, 0, c)?.contiguous()?;
@@ -336,7 +337,7 @@ impl AttnBlock {
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?; // [BT, HW, C]
         let y = y.transpose(1, 2)?.reshape((bt, c, h, w))?;
-        let y = fast::conv2d(&y, &self.proj)?;
+        let y = self.proj.forward(&y)?;
         batch_to_frames(&y, b)? + x
     }
 }
@@ -381,7 +382,13 @@ impl Resample {
                     padding: 1,
                     ..Default::default()
                 };
-                let conv = candle_nn::conv2d(dim, upsample_out_dim, 3, cfg, vb.pp("resample.1"))?;
+                let conv = Conv2d::new(candle_nn::conv2d(
+                    dim,
+                    upsample_out_dim,
+                    3,
+                    cfg,
+                    vb.pp("resample.1"),
+                )?);
                 let tc = (mode == ResampleMode::Upsample3d)
                     .then(|| {
                         conv3d(
@@ -400,7 +407,7 @@ impl Resample {
                     stride: 2,
                     ..Default::default()
                 };
-                let conv = candle_nn::conv2d(dim, dim, 3, cfg, vb.pp("resample.1"))?;
+                let conv = Conv2d::new(candle_nn::conv2d(dim, dim, 3, cfg, vb.pp("resample.1"))?);
                 let tc_cfg = Conv3dConfig {
                     time_pad: 0,
                     spatial_pad: 0,
@@ -468,12 +475,12 @@ impl Resample {
                 // nearest-exact ×2 is plain pixel duplication for an integer factor.
                 let (_, _, h, w) = xf.dims4()?;
                 let up = xf.upsample_nearest2d(2 * h, 2 * w)?;
-                fast::conv2d(&up, &self.conv)?
+                self.conv.forward(&up)?
             }
             ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
                 // ZeroPad2d((0, 1, 0, 1)): one zero column on the right, one zero row at the bottom.
                 let padded = xf.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
-                fast::conv2d(&padded, &self.conv)?
+                self.conv.forward(&padded)?
             }
         };
         let mut x = batch_to_frames(&yf, b)?;
@@ -950,5 +957,85 @@ impl AutoencoderKLWan {
     pub fn denormalize_latents(&self, z: &Tensor) -> Result<Tensor> {
         let (mean, inv_std) = self.stats(z)?;
         z.broadcast_div(&inv_std)?.broadcast_add(&mean)
+    }
+}
+
+// bf16 products for every convolution of the VAE (`AutoencoderKLWan::set_bf16_products`).
+
+impl Bf16Products for ResBlock {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.conv1.set_bf16_products(on)?;
+        self.conv2.set_bf16_products(on)?;
+        if let Some(s) = &mut self.shortcut {
+            s.set_bf16_products(on)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bf16Products for AttnBlock {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.to_qkv.set_bf16_products(on)?;
+        self.proj.set_bf16_products(on)
+    }
+}
+
+impl Bf16Products for Resample {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.conv.set_bf16_products(on)?;
+        if let Some(t) = &mut self.time_conv {
+            t.set_bf16_products(on)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bf16Products for MidBlock {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.res0.set_bf16_products(on)?;
+        self.attn.set_bf16_products(on)?;
+        self.res1.set_bf16_products(on)
+    }
+}
+
+impl Bf16Products for Encoder {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.conv_in.set_bf16_products(on)?;
+        for layer in &mut self.down {
+            match layer {
+                DownLayer::Res(r) => r.set_bf16_products(on)?,
+                DownLayer::Attn(a) => a.set_bf16_products(on)?,
+                DownLayer::Resample(r) => r.set_bf16_products(on)?,
+            }
+        }
+        self.mid.set_bf16_products(on)?;
+        self.conv_out.set_bf16_products(on)
+    }
+}
+
+impl Bf16Products for Decoder {
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.conv_in.set_bf16_products(on)?;
+        self.mid.set_bf16_products(on)?;
+        for block in &mut self.up {
+            for r in &mut block.resnets {
+                r.set_bf16_products(on)?;
+            }
+            if let Some(u) = &mut block.upsampler {
+                u.set_bf16_products(on)?;
+            }
+        }
+        self.conv_out.set_bf16_products(on)
+    }
+}
+
+impl Bf16Products for AutoencoderKLWan {
+    /// Every convolution with bf16 products on AMX (inputs and weights rounded to bf16, f32
+    /// sums, norms and activations in f32): the `--dtype bf16` VAE. A no-op without AMX.
+    fn set_bf16_products(&mut self, on: bool) -> Result<()> {
+        self.encoder.set_bf16_products(on)?;
+        self.quant_conv.set_bf16_products(on)?;
+        self.post_quant_conv.set_bf16_products(on)?;
+        self.decoder.set_bf16_products(on)
     }
 }
