@@ -161,6 +161,8 @@ pub fn conv3d_parts_with(
         Some(w) => (w.mpanels * TILE, grid.div_ceil(2 * TILE) * 2 * TILE),
         None => (s.cout, grid),
     };
+    // The weight packed once for all frames (the f32 path).
+    let apack = w16.is_none().then(|| gemm::PackedA::pack(a, s.cout, k));
     with_scratch(|[xbuf, cbuf, vbuf]: &mut [AlignedBuf; 3]| {
         // Padded input plus `kw` zeros so the last run of the last tap stays in bounds.
         let xlen = s.cin * s.t * hp * wp;
@@ -221,11 +223,9 @@ pub fn conv3d_parts_with(
                         let frame = t * s.time_stride * hp * wp;
                         amx_direct(w, x, frame, &offsets, grid, cbuf, ldc)
                     }
-                    _ => gemm::sgemm_with(
-                        s.cout,
+                    _ => gemm::sgemm_packed_a(
                         grid,
-                        k,
-                        a,
+                        apack.as_ref().expect("packed for the f32 path"),
                         &src,
                         cbuf,
                         ldc,

@@ -889,3 +889,125 @@ impl std::fmt::Debug for PackedF32 {
         write!(f, "PackedF32 {{ k: {}, n: {} }}", self.k, self.n)
     }
 }
+
+/// A `[m × k]` packed once into the micro-kernel's `MR`-row panels, one run of panels per `KC`
+/// slice of the depth (slice `p0` at `m_panels·MR·p0`, panel `q` of it at `+ q·MR·kc`): the
+/// operand that a product with a huge, streamed B (a convolution's im2col columns) reuses.
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    data: AlignedBuf,
+}
+
+impl PackedA {
+    pub fn pack(a: Mat, m: usize, k: usize) -> Self {
+        a.check("A", m, k);
+        let rows = m.div_ceil(MR) * MR;
+        let mut data = AlignedBuf::with_len::<f32>(rows * k);
+        let out = data.slice_mut::<f32>(rows * k);
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = KC.min(k - p0);
+            pack_a(a, 0, m, p0, kc, &mut out[rows * p0..rows * (p0 + kc)]);
+            p0 += kc;
+        }
+        Self { m, k, data }
+    }
+}
+
+/// `C (=|+=) A·B (+ bias)` with A packed ([`PackedA`]) and B packed as it is read: each unit of
+/// work owns a block of C's columns (all rows) and runs the whole depth over it, packing its own
+/// `KC × 256` slices of B, so a product with a very wide B has one parallel pass and no barrier
+/// per slice; within a slice each B panel (L1) meets every A panel (L2) in turn.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_a<B: PackB>(
+    n: usize,
+    a: &PackedA,
+    b: &B,
+    c: &mut [f32],
+    ldc: usize,
+    beta: Beta,
+    bias: Option<&[f32]>,
+) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm: C too short for {m}x{n}"
+    );
+    b.check(k, n);
+    if let Some(bias) = bias {
+        assert!(
+            bias.len() >= n,
+            "gemm: bias has {} of {n} values",
+            bias.len()
+        );
+    }
+    const COLS: usize = 8 * NR;
+    let avx512 = cpu::features().avx512f;
+    let rows = m.div_ceil(MR) * MR;
+    let adata = a.data.slice::<f32>(rows * k);
+    let cptr = SharedMut(c.as_mut_ptr());
+    let unit = |u: usize| {
+        let j0 = u * COLS;
+        let nc = COLS.min(n - j0);
+        let panels = nc.div_ceil(NR);
+        with_scratch(|[bbuf]: &mut [AlignedBuf; 1]| {
+            if k == 0 {
+                for i in 0..m {
+                    // SAFETY: row i, columns [j0, j0 + nc) of C, this unit's alone.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(cptr.ptr().add(i * ldc + j0), nc) };
+                    if beta == Beta::Overwrite {
+                        row.fill(0.0);
+                    }
+                    if let Some(bias) = bias {
+                        row.iter_mut().zip(&bias[j0..]).for_each(|(c, b)| *c += b);
+                    }
+                }
+                return;
+            }
+            let mut p0 = 0;
+            while p0 < k {
+                let kc = KC.min(k - p0);
+                let bpack = bbuf.slice_mut::<f32>(panels * NR * kc);
+                for (q, panel) in bpack.chunks_exact_mut(NR * kc).enumerate() {
+                    b.pack(p0, kc, j0 + q * NR, NR.min(nc - q * NR), panel);
+                }
+                let aslice = &adata[rows * p0..rows * (p0 + kc)];
+                let accumulate = p0 > 0 || beta == Beta::Accumulate;
+                let last = p0 + kc == k;
+                for (q, bp) in bpack.chunks_exact(NR * kc).enumerate() {
+                    let jj = j0 + q * NR;
+                    for (ip, ap) in aslice.chunks_exact(MR * kc).enumerate() {
+                        let ii = ip * MR;
+                        let out = Out {
+                            c: cptr.ptr().wrapping_add(ii * ldc + jj),
+                            ldc,
+                            mr: MR.min(m - ii),
+                            nr: NR.min(n - jj),
+                            accumulate,
+                            bias: if last {
+                                bias.map(|b| b[jj..].as_ptr())
+                            } else {
+                                None
+                            },
+                        };
+                        // SAFETY: both panels hold `kc` rows; the C block lies inside C (checked
+                        // above) in this unit's columns.
+                        unsafe { micro(kc, ap.as_ptr(), bp.as_ptr(), out, avx512) };
+                    }
+                }
+                p0 += kc;
+            }
+        })
+    };
+    let units = n.div_ceil(COLS);
+    if units > 1 && m * n * k >= PARALLEL_MIN_FMAS {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
+}
