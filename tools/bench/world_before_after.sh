@@ -25,6 +25,11 @@
 #   MODEL [crates/zoetrope-models/weights/world]   the exported model both DiT runs fine-tune from
 #                         (and whose VAE makes their latents)
 #   SKIP ["" ]            space-separated parts to leave out: generate dit vae
+#   EXAMPLE_BEFORE, EXAMPLE_AFTER [unset]   the two builds' `world_generate_bench` examples
+#                         (cargo build --release -p zoetrope-models --example world_generate_bench);
+#                         when both are set, each round also runs them (--runs GEN_RUNS, after one
+#                         warm-up, in one process) and the table gets the in-process pipeline
+#                         call at 64x64 split into denoising and decoding, without process start-up
 #
 # The training runs:
 #   DiT: the shipped fine-tune's command (tools/train/train_world.sh, stage 12: 6-block config,
@@ -115,6 +120,16 @@ for round in $(seq 1 "$ROUNDS"); do
                 echo "round $round: $side generate $s s" >&2
             done
         fi
+        if [ -n "${EXAMPLE_BEFORE:-}" ] && [ -n "${EXAMPLE_AFTER:-}" ]; then
+            if [ "$side" = before ]; then EX=$EXAMPLE_BEFORE; else EX=$EXAMPLE_AFTER; fi
+            "$EX" --runs "$GEN_RUNS" >"$WORK/example-$side-$round.txt" 2>/dev/null
+            # | 64x64 | frames | median s | min | max | text s | denoise s | decode s | ...
+            row=$(grep -m1 '^| 64x64 |' "$WORK/example-$side-$round.txt")
+            echo "$row" | awk -F'|' -v side="$side" '{
+                gsub(/ /, ""); print "SAMPLE pipeline " side " " $4;
+                print "SAMPLE denoise " side " " $8; print "SAMPLE decode " side " " $9 }' >>"$LOG"
+            echo "round $round: $side example: $row" >&2
+        fi
         if ! skip dit; then
             out="$WORK/dit-$side-$round"
             mkdir -p "$out"
@@ -143,20 +158,23 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "load after round $round: $(load)" >&2
 done
 
-# The training runs must have computed the same thing on both builds: their final losses.
-if ! skip dit || ! skip vae; then
-    for kind in dit vae; do
-        skip "$kind" && continue
-        for side in before after; do
-            echo "final $kind loss, $side, round 1: $(grep '"loss"' "$WORK/$kind-$side-1/log.jsonl" | tail -1)" >&2
-        done
-    done
-fi
+# Both builds must have trained the same way: the final step's loss of every run.
+SAME_LOSS=""
+for kind in dit vae; do
+    skip "$kind" && continue
+    losses=$(for f in "$WORK"/$kind-*/log.jsonl; do jq -r 'select(.loss) | .loss' "$f" | tail -1; done | sort -u)
+    if [ "$(echo "$losses" | wc -l)" -eq 1 ]; then
+        SAME_LOSS="$SAME_LOSS $kind: every run's loss at step $TRAIN_STEPS is $losses (identical on both builds);"
+    else
+        SAME_LOSS="$SAME_LOSS $kind: the runs' final losses differ: $(echo $losses);"
+    fi
+done
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-python3 - "$LOG" "$CPU" "$(nproc)" "$LOADS" "$ROUNDS" "$GEN_RUNS" "$TRAIN_STEPS" "$WINDOW_FROM" <<'EOF'
+python3 - "$LOG" "$CPU" "$(nproc)" "$LOADS" "$ROUNDS" "$GEN_RUNS" "$TRAIN_STEPS" "$WINDOW_FROM" \
+    "$SAME_LOSS" <<'EOF'
 import statistics, sys
-log, cpu, cores, loads, rounds, gen_runs, steps, window = sys.argv[1:9]
+log, cpu, cores, loads, rounds, gen_runs, steps, window, same_loss = sys.argv[1:10]
 samples = {}
 for line in open(log):
     _, what, side, s = line.split()
@@ -164,6 +182,9 @@ for line in open(log):
 names = {
     "generate": f"`zoetrope generate` (64x64, 17 frames, 20 steps; whole process), s",
     "dit-step": f"DiT training step (6 blocks, batch 16, 64x64x17 latents; steps {window}-{steps}), s",
+    "pipeline": "`WorldPipeline::generate` in process (`world_generate_bench`, 64x64; median of each round's runs), s",
+    "denoise": "of which denoising (20 steps, CFG batch 2), s",
+    "decode": "of which VAE decoding, s",
     "vae-step": f"VAE training step (batch 8, 32x32 crops; steps {window}-{steps}), s",
 }
 print(f"CPU: {cpu}, {cores} cores; {rounds} alternating rounds ({gen_runs} `generate` calls per "
@@ -174,10 +195,13 @@ print("| what | before: median (min-max, n) | after: median (min-max, n) | after
 print("|---|---:|---:|---:|")
 def cell(v):
     return f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f}, n={len(v)})"
-for what in ["generate", "dit-step", "vae-step"]:
+for what in ["generate", "pipeline", "denoise", "decode", "dit-step", "vae-step"]:
     if what not in samples:
         continue
     b, a = samples[what]["before"], samples[what]["after"]
     ratio = statistics.median(a) / statistics.median(b)
     print(f"| {names[what]} | {cell(b)} | {cell(a)} | {ratio:.2f}x |")
+if same_loss.strip():
+    print()
+    print(f"Training check:{same_loss}")
 EOF
