@@ -484,11 +484,16 @@ fn run_packed<A: ToBf16, C: FromF32>(
                 for i in mp.clone() {
                     for j in np.clone() {
                         let mut acc = [0f32; 4 * TILE * TILE];
-                        amx::block(
+                        // C rows are 32 f32 = 128 bytes apart in `acc`.
+                        amx::block_at(
                             apack.as_ptr().add(2 * i * kchunks * TILE_ELEMS),
+                            kchunks * TILE_ELEMS,
                             bpack.as_ptr().add(2 * j * kchunks * TILE_ELEMS),
+                            kchunks * TILE_ELEMS,
                             kchunks,
                             acc.as_mut_ptr(),
+                            128,
+                            false,
                         );
                         store(&acc, i * 2 * TILE, j * 2 * TILE, m, n, cptr, ldc, bias, act);
                     }
@@ -597,12 +602,33 @@ pub(crate) mod amx {
         r
     }
 
-    /// `acc[32 × 32] = A-pair · B-pair` over `kchunks` 32-deep steps. `a` points at two
-    /// consecutive 16-row panels of packed A, `b` at two consecutive 16-column panels of packed
-    /// B (each panel `kchunks` tiles long).
-    pub unsafe fn block(a: *const u16, b: *const u16, kchunks: usize, acc: *mut f32) {
-        let stride = 64usize;
-        let panel = kchunks * TILE_ELEMS;
+    /// The four accumulator tiles of a 32 × 32 f32 block of C (rows `ldc` bytes apart):
+    /// tmm0 = rows 0..16 × cols 0..16, tmm1 = cols 16..32, tmm2 / tmm3 the same for rows 16..32.
+    #[inline(always)]
+    unsafe fn quarters(c: *mut f32, ldc: usize) -> [*mut f32; 4] {
+        let c1 = c.byte_add(TILE * ldc);
+        [c, c.add(TILE), c1, c1.add(TILE)]
+    }
+
+    #[inline(always)]
+    unsafe fn load_c(c: *mut f32, ldc: usize) {
+        let [c00, c01, c10, c11] = quarters(c, ldc);
+        asm!(
+            "tileloadd tmm0, [{c00} + {s}*1]",
+            "tileloadd tmm1, [{c01} + {s}*1]",
+            "tileloadd tmm2, [{c10} + {s}*1]",
+            "tileloadd tmm3, [{c11} + {s}*1]",
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
+            s = in(reg) ldc,
+            options(nostack, readonly)
+        );
+    }
+
+    #[inline(always)]
+    unsafe fn zero_c() {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -610,41 +636,51 @@ pub(crate) mod amx {
             "tilezero tmm3",
             options(nostack, nomem)
         );
-        for c in 0..kchunks {
-            let a0 = a.add(c * TILE_ELEMS);
-            let a1 = a0.add(panel);
-            let b0 = b.add(c * TILE_ELEMS);
-            let b1 = b0.add(panel);
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s = in(reg) stride,
-                options(nostack, readonly)
-            );
-        }
-        // C rows are 32 f32 = 128 bytes apart in `acc`.
-        let cs = 128usize;
+    }
+
+    #[inline(always)]
+    unsafe fn store_c(c: *mut f32, ldc: usize) {
+        let [c00, c01, c10, c11] = quarters(c, ldc);
         asm!(
             "tilestored [{c00} + {s}*1], tmm0",
             "tilestored [{c01} + {s}*1], tmm1",
             "tilestored [{c10} + {s}*1], tmm2",
             "tilestored [{c11} + {s}*1], tmm3",
-            c00 = in(reg) acc,
-            c01 = in(reg) acc.add(TILE),
-            c10 = in(reg) acc.add(TILE * 2 * TILE),
-            c11 = in(reg) acc.add(TILE * 2 * TILE + TILE),
-            s = in(reg) cs,
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
+            s = in(reg) ldc,
             options(nostack)
+        );
+    }
+
+    /// One 32-deep step: A tiles at `a0`, `a1` (rows 64 bytes apart), B tiles at `b0`, `b1`
+    /// (rows `b_stride` bytes apart), four `tdpbf16ps` into tmm0..tmm3.
+    #[inline(always)]
+    unsafe fn step(
+        a0: *const u16,
+        a1: *const u16,
+        b0: *const u16,
+        b1: *const u16,
+        b_stride: usize,
+    ) {
+        asm!(
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {bs}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {bs}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0,
+            a1 = in(reg) a1,
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            s = in(reg) 64usize,
+            bs = in(reg) b_stride,
+            options(nostack, readonly)
         );
     }
 
@@ -662,56 +698,13 @@ pub(crate) mod amx {
         c: *mut f32,
         ldc: usize,
     ) {
-        let stride = 64usize;
-        let (c00, c01) = (c, c.add(TILE));
-        let (c10, c11) = (c.byte_add(TILE * ldc), c.byte_add(TILE * ldc).add(TILE));
-        asm!(
-            "tileloadd tmm0, [{c00} + {s}*1]",
-            "tileloadd tmm1, [{c01} + {s}*1]",
-            "tileloadd tmm2, [{c10} + {s}*1]",
-            "tileloadd tmm3, [{c11} + {s}*1]",
-            c00 = in(reg) c00,
-            c01 = in(reg) c01,
-            c10 = in(reg) c10,
-            c11 = in(reg) c11,
-            s = in(reg) ldc,
-            options(nostack, readonly)
-        );
+        load_c(c, ldc);
         for (t, &off) in b_starts.iter().enumerate() {
             let a0 = a.add(t * TILE_ELEMS);
-            let a1 = a0.add(a_panel);
             let b0 = b.add(off);
-            let b1 = b0.add(2 * TILE);
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {bs}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {bs}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s = in(reg) stride,
-                bs = in(reg) b_stride,
-                options(nostack, readonly)
-            );
+            step(a0, a0.add(a_panel), b0, b0.add(2 * TILE), b_stride);
         }
-        asm!(
-            "tilestored [{c00} + {s}*1], tmm0",
-            "tilestored [{c01} + {s}*1], tmm1",
-            "tilestored [{c10} + {s}*1], tmm2",
-            "tilestored [{c11} + {s}*1], tmm3",
-            c00 = in(reg) c00,
-            c01 = in(reg) c01,
-            c10 = in(reg) c10,
-            c11 = in(reg) c11,
-            s = in(reg) ldc,
-            options(nostack)
-        );
+        store_c(c, ldc);
     }
 
     /// `C[32 × 32] (+)= A-pair · B-pair` over `steps` 32-deep steps, C f32 row-major with rows
@@ -728,74 +721,22 @@ pub(crate) mod amx {
         ldc: usize,
         accumulate: bool,
     ) {
-        let stride = 64usize;
-        let (c00, c01) = (c, c.add(TILE));
-        let (c10, c11) = (c.byte_add(TILE * ldc), c.byte_add(TILE * ldc).add(TILE));
         if accumulate {
-            asm!(
-                "tileloadd tmm0, [{c00} + {s}*1]",
-                "tileloadd tmm1, [{c01} + {s}*1]",
-                "tileloadd tmm2, [{c10} + {s}*1]",
-                "tileloadd tmm3, [{c11} + {s}*1]",
-                c00 = in(reg) c00,
-                c01 = in(reg) c01,
-                c10 = in(reg) c10,
-                c11 = in(reg) c11,
-                s = in(reg) ldc,
-                options(nostack, readonly)
-            );
+            load_c(c, ldc);
         } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            zero_c();
         }
         for t in 0..steps {
-            let a0 = a.add(t * TILE_ELEMS);
-            let a1 = a0.add(a_panel);
-            let b0 = b.add(t * TILE_ELEMS);
-            let b1 = b0.add(b_panel);
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s = in(reg) stride,
-                options(nostack, readonly)
-            );
+            let (a0, b0) = (a.add(t * TILE_ELEMS), b.add(t * TILE_ELEMS));
+            step(a0, a0.add(a_panel), b0, b0.add(b_panel), 64);
         }
-        asm!(
-            "tilestored [{c00} + {s}*1], tmm0",
-            "tilestored [{c01} + {s}*1], tmm1",
-            "tilestored [{c10} + {s}*1], tmm2",
-            "tilestored [{c11} + {s}*1], tmm3",
-            c00 = in(reg) c00,
-            c01 = in(reg) c01,
-            c10 = in(reg) c10,
-            c11 = in(reg) c11,
-            s = in(reg) ldc,
-            options(nostack)
-        );
+        store_c(c, ldc);
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) mod amx {
     pub unsafe fn with_tiles<R>(_f: impl FnOnce() -> R) -> R {
-        unreachable!("AMX is x86-64 only")
-    }
-    pub unsafe fn block(_a: *const u16, _b: *const u16, _kchunks: usize, _acc: *mut f32) {
         unreachable!("AMX is x86-64 only")
     }
     #[allow(clippy::too_many_arguments)]
