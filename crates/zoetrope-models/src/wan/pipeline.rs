@@ -270,6 +270,11 @@ impl WanPipeline {
         self.vae_tiling = tiling;
     }
 
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn transformer_config(&self) -> &WanTransformerConfig {
         self.transformer.config()
     }
