@@ -15,14 +15,14 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest};
-use zoetrope_models::world::pipeline::{Stage, WorldPipeline};
+use zoetrope_models::world::pipeline::{Stage, WorldPipeline, WorldRequest};
 use zoetrope_models::world::score::{
     score_ground_truth, score_prompts, score_reconstructed, BoxError, PromptScores, ScoreObserver,
     ScoredClip,
 };
 use zoetrope_world::{read_prompt_list, RenderOptions, HELDOUT_PROMPT_FILE};
 
-use crate::generate::WorldOverrides;
+use crate::args::{CacheArgs, Sampler};
 use crate::progress;
 
 /// Seed of the untrained reference's fresh weights: the same baseline on every run.
@@ -58,6 +58,45 @@ impl Reference {
     }
 }
 
+/// The sampling flags a world-model request takes from the command line (`generate`, `eval
+/// model`); `None` keeps what the request already holds.
+pub(crate) struct WorldOverrides {
+    pub size: Option<(u32, u32)>,
+    pub frames: Option<usize>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub shift: Option<f64>,
+    pub sampler: Option<Sampler>,
+    pub seed: u64,
+    pub cache: CacheArgs,
+}
+
+impl WorldOverrides {
+    pub fn apply(&self, req: &mut WorldRequest) {
+        if let Some((w, h)) = self.size {
+            (req.width, req.height) = (w as usize, h as usize);
+        }
+        if let Some(f) = self.frames {
+            req.frames = f;
+        }
+        if let Some(s) = self.steps {
+            req.steps = s;
+        }
+        if let Some(g) = self.guidance {
+            req.guidance = g;
+        }
+        if let Some(s) = self.shift {
+            req.shift = s;
+        }
+        if let Some(s) = self.sampler {
+            req.sampler = s.into();
+        }
+        req.seed = self.seed;
+        req.cache_steps = self.cache.cache_steps;
+        req.cache_limits = self.cache.limits();
+    }
+}
+
 #[derive(Args)]
 pub struct EvalModelArgs {
     /// Prompt file, one prompt a line, `#` comments (default: the built-in held-out prompts,
@@ -68,7 +107,7 @@ pub struct EvalModelArgs {
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// Frame size as WIDTHxHEIGHT (default: the model's).
-    #[arg(long, value_parser = crate::world_cmd::parse_size)]
+    #[arg(long, value_parser = crate::args::parse_size)]
     size: Option<(u32, u32)>,
     /// Frames per clip (default: the model's).
     #[arg(long)]
@@ -85,12 +124,14 @@ pub struct EvalModelArgs {
     shift: Option<f64>,
     /// Sampler (default: the model's).
     #[arg(long, value_enum)]
-    sampler: Option<crate::generate::Sampler>,
+    sampler: Option<Sampler>,
     /// Seed of the first prompt's clip; prompt i gets seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
-    cache: crate::generate::CacheArgs,
+    cache: CacheArgs,
+    #[command(flatten)]
+    device: crate::args::DeviceArg,
     /// Score only the first N prompts.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -332,7 +373,7 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
         let scores = score_ground_truth(&prompts, args.seed, &opts, &mut observer)?;
         (settings, scores)
     } else {
-        let device = Device::Cpu;
+        let device = args.device.device.open()?;
         let dtype = DType::F32;
         let model = progress::with_spinner("loading model", || match &args.model {
             Some(dir) => WorldModel::load_dir(dir, dtype, &device),

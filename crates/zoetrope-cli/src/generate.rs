@@ -1,35 +1,24 @@
 //! `zoetrope generate`: prompt in, video out, with zoetrope's world model (built in, or
 //! `--model DIR` holding `model.json` + `model.safetensors`) or a diffusers-format Wan 2.1 folder.
+//! The flags become a `zoetrope_engine::Job`; this file only parses and presents.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use clap::{Args, ValueEnum};
-use zoetrope_models::step_cache::{
-    check_threshold, StepCacheLimits, DEFAULT_MAX_CONSECUTIVE_SKIPS, DEFAULT_WARMUP_STEPS,
-};
-use zoetrope_models::wan::pipeline::{Stage, WanPipeline, WanRequest};
-use zoetrope_models::wan::vae::WanVaeTiling;
-use zoetrope_models::world::model::{WorldModel, MANIFEST_FILE};
-use zoetrope_models::world::pipeline::{
-    self as world, Conditioning, WorldPipeline, WorldRequest, DEFAULT_CONTEXT_LATENTS,
-    DEFAULT_EDIT_STRENGTH,
-};
-use zoetrope_sampling::SamplerKind;
+use clap::Args;
+use zoetrope_engine::{family_of, Event, Family, Job, LoadOptions, Mode, Model, ModelSource};
+use zoetrope_models::world::pipeline::{DEFAULT_CONTEXT_LATENTS, DEFAULT_EDIT_STRENGTH};
 use zoetrope_video::{Format, Frame, Video};
 
+use crate::args::{CacheArgs, DeviceArg, Dtype, Sampler};
 use crate::progress;
 
 /// Output file when `-o` is left out.
 const DEFAULT_OUTPUT: &str = "out.mp4";
 /// Output file when `-o` is left out and the result is a single frame.
 const DEFAULT_STILL_OUTPUT: &str = "out.png";
-/// Wan's frame rate when `--fps` is left out (Wan 2.1 is trained at 16 fps).
-const WAN_FPS: f64 = 16.0;
 
-/// The arguments of `zoetrope generate`, boxed: they are many, and the command enum holds each
-/// command's arguments by value.
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
@@ -54,7 +43,7 @@ struct GenerateOptions {
     negative_prompt: String,
     /// Frame size as WIDTHxHEIGHT (default: the model's; with an input image or clip, its size
     /// when allowed. Wan: multiples of 16, default 832x480).
-    #[arg(long, value_parser = crate::world_cmd::parse_size)]
+    #[arg(long, value_parser = crate::args::parse_size)]
     size: Option<(u32, u32)>,
     /// Number of frames, 1 + f·k for the model's temporal compression f (Wan: 4k+1) (default:
     /// the model's; Wan 81; with --edit, as much of the clip as fits).
@@ -130,78 +119,15 @@ struct GenerateOptions {
     text_length: Option<usize>,
     /// Compute dtype of the model (Wan: of the transformer and text encoder; its VAE runs in
     /// f32).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum Sampler {
-    /// Flow-matching Euler (diffusers' FlowMatchEulerDiscreteScheduler).
-    Euler,
-    /// UniPC multistep in flow-prediction mode (Wan's default).
-    Unipc,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Precision {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Precision {
-    fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
-            Precision::F16 => DType::F16,
-        }
-    }
-}
-
-impl From<Sampler> for SamplerKind {
-    fn from(s: Sampler) -> Self {
-        match s {
-            Sampler::Euler => SamplerKind::Euler,
-            Sampler::Unipc => SamplerKind::UniPc,
-        }
-    }
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn is_safetensors(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-}
-
-/// Which model family a run uses.
-enum Family<'a> {
-    /// zoetrope's world model: the built-in one, or a model folder.
-    World(Option<&'a Path>),
-    /// A diffusers-format Wan 2.1 folder.
-    Wan(&'a Path),
-}
-
-/// A world-model folder is one whose `model.json` says so; anything else with a
-/// `model_index.json` is taken for a Wan folder.
-fn family(model: Option<&Path>) -> anyhow::Result<Family<'_>> {
-    let Some(dir) = model else {
-        return Ok(Family::World(None));
-    };
-    let manifest = std::fs::read_to_string(dir.join(MANIFEST_FILE)).ok();
-    let format = manifest
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|json| json.get("format")?.as_str().map(str::to_string));
-    if format.as_deref() == Some(zoetrope_models::world::model::FORMAT) {
-        return Ok(Family::World(Some(dir)));
-    }
-    if dir.join("model_index.json").is_file() {
-        return Ok(Family::Wan(dir));
-    }
-    bail!(
-        "{} is not a model folder: expected a zoetrope world model ({MANIFEST_FILE} + \
-         model.safetensors) or a diffusers-format Wan 2.1 folder with model_index.json",
-        dir.display()
-    );
 }
 
 /// The first flag given that only the world model takes.
@@ -247,208 +173,63 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bail!("--fps must be a positive number, got {fps}");
         }
     }
-    match family(args.model.as_deref())? {
-        Family::World(dir) => {
+    let source = match &args.model {
+        None => ModelSource::Builtin,
+        Some(dir) => ModelSource::Dir(dir.clone()),
+    };
+    let family = match &args.model {
+        None => Family::World,
+        Some(dir) => family_of(dir)?,
+    };
+    match family {
+        Family::World => {
             if let Some(flag) = wan_only_flag(&args) {
                 bail!("{flag} applies to Wan 2.1 folders only, not to zoetrope's world model");
             }
-            generate_world(&args, dir)
         }
-        Family::Wan(dir) => {
+        Family::Wan => {
             if let Some(flag) = world_only_flag(&args) {
                 bail!(
                     "{flag} needs zoetrope's world model (leave out --model, or pass a world \
                      model folder): Wan 2.1 folders do text→video only"
                 );
             }
-            generate_wan(&args, dir)
         }
     }
-}
-
-/// Reads an input clip, naming the flag it came from on failure.
-fn read_clip(path: &Path, flag: &str) -> anyhow::Result<Video> {
-    zoetrope_video::read_video(path).with_context(|| format!("cannot read the {flag} clip"))
-}
-
-/// The conditioning the flags ask for, with its input files read.
-fn read_conditioning(args: &GenerateOptions) -> anyhow::Result<Conditioning> {
-    let image: Option<Frame> = match &args.image {
-        Some(path) => {
-            Some(zoetrope_video::read_image(path).context("cannot read the --image picture")?)
-        }
-        None => None,
+    let device = args.device.device.open()?;
+    let job = job(&args, &device)?;
+    let opts = LoadOptions {
+        precision: args.dtype.into(),
+        device: args.device.device,
+        transformer: args.transformer.clone(),
+        tile_vae: args.tile_vae,
+        text_length: args.text_length,
     };
-    Ok(if let Some(path) = &args.extend {
-        let clip = read_clip(path, "--extend")?;
-        if args.backward {
-            Conditioning::ExtendBackward(clip)
-        } else {
-            Conditioning::ExtendForward(clip)
-        }
-    } else if let Some(paths) = &args.connect {
-        Conditioning::Connect {
-            first: read_clip(&paths[0], "--connect")?,
-            second: read_clip(&paths[1], "--connect")?,
-        }
-    } else if let Some(path) = &args.edit {
-        Conditioning::Edit {
-            source: read_clip(path, "--edit")?,
-            strength: args.strength.unwrap_or(DEFAULT_EDIT_STRENGTH),
-        }
-    } else if args.loop_ {
-        Conditioning::Loop { first: image }
-    } else if let Some(image) = image {
-        Conditioning::Image(image)
-    } else {
-        Conditioning::None
-    })
-}
-
-/// Step caching (First-Block Cache), shared by `generate` and `eval model`.
-#[derive(Args, Clone, Copy)]
-pub(crate) struct CacheArgs {
-    // The help is built from the constants so that the limits shown are the ones used.
-    #[arg(long, value_name = "THRESHOLD", value_parser = parse_cache_threshold, help = format!(
-        "Step caching (off by default): reuse the transformer's blocks after the first on steps \
-         whose first block changed less than THRESHOLD (relative L1; e.g. 0.05 or 0.1) since the \
-         last computed step. Faster, not exact: larger values skip more and change the clip \
-         more. Never skips the first {DEFAULT_WARMUP_STEPS} steps or more than \
-         {DEFAULT_MAX_CONSECUTIVE_SKIPS} in a row (--cache-max-skips)"
-    ))]
-    pub cache_steps: Option<f64>,
-    #[arg(long, value_name = "N", requires = "cache_steps", help = format!(
-        "With --cache-steps: the most consecutive steps that may be skipped \
-         [default: {DEFAULT_MAX_CONSECUTIVE_SKIPS}]"
-    ))]
-    pub cache_max_skips: Option<usize>,
-}
-
-impl CacheArgs {
-    pub fn limits(&self) -> StepCacheLimits {
-        StepCacheLimits {
-            max_consecutive_skips: self
-                .cache_max_skips
-                .unwrap_or(DEFAULT_MAX_CONSECUTIVE_SKIPS),
-            ..StepCacheLimits::default()
-        }
-    }
-}
-
-fn parse_cache_threshold(s: &str) -> Result<f64, String> {
-    let t: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number (try 0.05)"))?;
-    check_threshold(t)?;
-    Ok(t)
-}
-
-/// The sampling flags a world-model request takes from the command line (`generate`, `eval
-/// model`); `None` keeps what the request already holds.
-pub(crate) struct WorldOverrides {
-    pub size: Option<(u32, u32)>,
-    pub frames: Option<usize>,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub shift: Option<f64>,
-    pub sampler: Option<Sampler>,
-    pub seed: u64,
-    pub cache: CacheArgs,
-}
-
-impl WorldOverrides {
-    pub fn apply(&self, req: &mut WorldRequest) {
-        if let Some((w, h)) = self.size {
-            (req.width, req.height) = (w as usize, h as usize);
-        }
-        if let Some(f) = self.frames {
-            req.frames = f;
-        }
-        if let Some(s) = self.steps {
-            req.steps = s;
-        }
-        if let Some(g) = self.guidance {
-            req.guidance = g;
-        }
-        if let Some(s) = self.shift {
-            req.shift = s;
-        }
-        if let Some(s) = self.sampler {
-            req.sampler = s.into();
-        }
-        req.seed = self.seed;
-        req.cache_steps = self.cache.cache_steps;
-        req.cache_limits = self.cache.limits();
-    }
-}
-
-/// The request: the model's defaults (sized to fit an input image or clip), then the flags.
-fn world_request(
-    args: &GenerateOptions,
-    pipe: &WorldPipeline,
-    conditioning: Conditioning,
-) -> anyhow::Result<WorldRequest> {
-    let mut req = pipe.request(args.prompt.clone())?;
-    req.negative_prompt = args.negative_prompt.clone();
-    if let Some((w, h)) = conditioning.input_size() {
-        (req.width, req.height) = pipe.size_for_input(w, h);
-    }
-    if let Conditioning::Edit { source, .. } = &conditioning {
-        req.frames = pipe.frames_at_most(source.len());
-    }
-    WorldOverrides {
-        size: args.size,
-        frames: args.frames,
-        steps: args.steps,
-        guidance: args.guidance,
-        shift: args.shift,
-        sampler: args.sampler,
-        seed: args.seed,
-        cache: args.cache,
-    }
-    .apply(&mut req);
-    if let Some(fps) = args.fps {
-        req.fps = fps;
-    }
-    req.context_latents = args.context.unwrap_or(DEFAULT_CONTEXT_LATENTS);
-    req.conditioning = conditioning;
-    Ok(req)
-}
-
-fn generate_world(args: &GenerateOptions, dir: Option<&Path>) -> anyhow::Result<()> {
-    let conditioning = read_conditioning(args)?;
-    let device = Device::Cpu;
-    let dtype = args.dtype.dtype();
-    let model = progress::with_spinner("loading model", || match dir {
-        Some(dir) => WorldModel::load_dir(dir, dtype, &device),
-        None => WorldModel::builtin(dtype, &device),
-    })?;
-    let pipe = WorldPipeline::new(model);
-    let req = world_request(args, &pipe, conditioning)?;
-    // Check the request before the slow parts.
-    pipe.check(&req)?;
-    let unknown = pipe.request_unknown_words(&req);
-    if let Some(warning) = pipe.model().tokenizer.unknown_words_warning(&unknown) {
+    let model = progress::with_spinner("loading model", || Model::load(&source, &opts))?;
+    // Check the job before the slow parts.
+    model.check(&job)?;
+    if let Some(warning) = model.prompt_warning(&job)? {
         eprintln!("warning: {warning}");
     }
 
-    let bar = progress::bar(req.steps as u64, "text");
-    let out = pipe.generate(&req, &mut |stage| match stage {
-        world::Stage::EncodingText => bar.set_message("text"),
-        world::Stage::EncodingFrames => bar.set_message("encoding"),
-        world::Stage::Denoising { step, steps } => {
+    let info = model.info();
+    let bar = progress::bar(job.steps.unwrap_or(info.steps) as u64, "text");
+    let out = model.run(&job, &mut |event| match event {
+        Event::EncodingText => bar.set_message("text"),
+        Event::EncodingFrames => bar.set_message("encoding"),
+        Event::Denoising { step, steps } => {
             bar.set_length(steps as u64);
             bar.set_message("denoising");
             bar.set_position(step as u64);
         }
-        world::Stage::Decoding { frame, frames } => {
+        Event::Decoding { frame, frames } => {
             bar.set_length(frames as u64);
             bar.set_message("decoding");
             bar.set_position(frame as u64 + 1);
         }
     })?;
     bar.finish_and_clear();
-    let video = out.video;
+    let video = &out.video;
     let output = args.output.clone().unwrap_or_else(|| {
         PathBuf::from(if video.len() == 1 {
             DEFAULT_STILL_OUTPUT
@@ -456,7 +237,14 @@ fn generate_world(args: &GenerateOptions, dir: Option<&Path>) -> anyhow::Result<
             DEFAULT_OUTPUT
         })
     });
-    zoetrope_video::write_video(&output, &video)?;
+    match (&out.frames_f32, is_safetensors(&output)) {
+        (Some(frames), true) => candle_core::safetensors::save(
+            &std::collections::HashMap::from([("video".to_string(), frames.clone())]),
+            &output,
+        )
+        .with_context(|| format!("cannot write {}", output.display()))?,
+        _ => zoetrope_video::write_video(&output, video)?,
+    }
     eprintln!(
         "wrote {} ({} frame{}, {}x{}, {} fps)",
         output.display(),
@@ -472,77 +260,65 @@ fn generate_world(args: &GenerateOptions, dir: Option<&Path>) -> anyhow::Result<
     Ok(())
 }
 
-fn generate_wan(args: &GenerateOptions, model: &Path) -> anyhow::Result<()> {
-    let device = Device::Cpu;
-    let mut req = WanRequest::new(args.prompt.clone());
-    req.negative_prompt = args.negative_prompt.clone();
-    if let Some((w, h)) = args.size {
-        (req.width, req.height) = (w as usize, h as usize);
-    }
-    if let Some(f) = args.frames {
-        req.frames = f;
-    }
-    if let Some(s) = args.steps {
-        req.steps = s;
-    }
-    if let Some(g) = args.guidance {
-        req.guidance = g;
-    }
-    req.seed = args.seed;
-    req.shift = args.shift;
-    req.sampler = args.sampler.map(SamplerKind::from);
-    req.cache_steps = args.cache.cache_steps;
-    req.cache_limits = args.cache.limits();
-    if let Some(path) = &args.latents {
-        req.latents = Some(read_latents(path, &device)?);
-    }
+/// Reads an input clip, naming the flag it came from on failure.
+fn read_clip(path: &Path, flag: &str) -> anyhow::Result<Video> {
+    zoetrope_video::read_video(path).with_context(|| format!("cannot read the {flag} clip"))
+}
 
-    let mut pipe = progress::with_spinner("loading model", || {
-        WanPipeline::load_with_transformer(
-            model,
-            args.transformer.as_deref(),
-            args.dtype.dtype(),
-            &device,
-        )
-    })?;
-    pipe.set_vae_tiling(args.tile_vae.then(WanVaeTiling::default));
-    let text_length = args
-        .text_length
-        .unwrap_or(zoetrope_models::wan::text::WAN_MAX_SEQUENCE_LENGTH);
-    if text_length == 0 {
-        bail!("--text-length must be at least 1 (Wan uses 512)");
-    }
-    pipe.set_max_sequence_length(text_length);
-    // Check the request before the slow parts.
-    pipe.initial_latents(&req)?;
+/// The mode the flags ask for, with its input files read.
+fn read_mode(args: &GenerateOptions) -> anyhow::Result<Mode> {
+    let image: Option<Frame> = match &args.image {
+        Some(path) => {
+            Some(zoetrope_video::read_image(path).context("cannot read the --image picture")?)
+        }
+        None => None,
+    };
+    Ok(if let Some(path) = &args.extend {
+        Mode::Extend {
+            clip: read_clip(path, "--extend")?,
+            backward: args.backward,
+        }
+    } else if let Some(paths) = &args.connect {
+        Mode::Connect {
+            first: read_clip(&paths[0], "--connect")?,
+            second: read_clip(&paths[1], "--connect")?,
+        }
+    } else if let Some(path) = &args.edit {
+        Mode::Edit {
+            source: read_clip(path, "--edit")?,
+            strength: args.strength,
+        }
+    } else if args.loop_ {
+        Mode::Loop { first: image }
+    } else if let Some(image) = image {
+        Mode::Image(image)
+    } else {
+        Mode::Text
+    })
+}
 
-    let bar = progress::bar(req.steps as u64, "denoising");
-    let first_decode = std::cell::Cell::new(true);
-    let out = pipe.generate(&req, &mut |stage| match stage {
-        Stage::EncodingText => bar.set_message("text"),
-        Stage::Denoising { step, .. } => {
-            bar.set_message("denoising");
-            bar.set_position(step as u64);
-        }
-        Stage::Decoding { frame, frames } => {
-            if first_decode.replace(false) {
-                bar.set_length(frames as u64);
-            }
-            bar.set_message("decoding");
-            bar.set_position(frame as u64 + 1);
-        }
-    })?;
-    bar.finish_and_clear();
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT));
-    write_output(&output, &out.video, args.fps.unwrap_or(WAN_FPS))?;
-    eprintln!("wrote {}", output.display());
-    if let Some(report) = out.step_cache {
-        eprintln!("step cache: {report}");
-    }
-    Ok(())
+/// The job the flags describe.
+fn job(args: &GenerateOptions, device: &Device) -> anyhow::Result<Job> {
+    Ok(Job {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        size: args.size.map(|(w, h)| (w as usize, h as usize)),
+        frames: args.frames,
+        fps: args.fps,
+        steps: args.steps,
+        guidance: args.guidance,
+        shift: args.shift,
+        sampler: args.sampler.map(Into::into),
+        seed: args.seed,
+        cache: args.cache.settings(),
+        mode: read_mode(args)?,
+        context_latents: args.context,
+        latents: args
+            .latents
+            .as_deref()
+            .map(|path| read_latents(path, device))
+            .transpose()?,
+    })
 }
 
 fn read_latents(path: &Path, device: &Device) -> anyhow::Result<Tensor> {
@@ -567,36 +343,4 @@ fn read_latents(path: &Path, device: &Device) -> anyhow::Result<Tensor> {
         );
     }
     Ok(latents.to_dtype(DType::F32)?)
-}
-
-/// Writes frames `[F, 3, H, W]` in [0, 1]: raw to .safetensors, otherwise as 8-bit video.
-fn write_output(path: &Path, video: &Tensor, fps: f64) -> anyhow::Result<()> {
-    if is_safetensors(path) {
-        candle_core::safetensors::save(
-            &std::collections::HashMap::from([("video".to_string(), video.clone())]),
-            path,
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
-        return Ok(());
-    }
-    let (f, _, h, w) = video.dims4()?;
-    // [F, 3, H, W] → [F, H, W, 3] bytes, rounding as image libraries do.
-    let bytes = (video.permute((0, 2, 3, 1))? * 255.0)?
-        .round()?
-        .clamp(0f32, 255f32)?
-        .to_dtype(DType::U8)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    let frame_len = h * w * 3;
-    let frames = (0..f)
-        .map(|i| {
-            Frame::from_rgb(
-                w as u32,
-                h as u32,
-                bytes[i * frame_len..(i + 1) * frame_len].to_vec(),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    zoetrope_video::write_video(path, &Video::new(frames, fps)?)?;
-    Ok(())
 }

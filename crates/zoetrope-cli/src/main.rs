@@ -1,5 +1,6 @@
 //! The `zoetrope` command: a thin layer of argument parsing and presentation over the libraries.
 
+mod args;
 mod eval_model;
 mod generate;
 mod progress;

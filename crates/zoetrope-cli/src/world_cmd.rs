@@ -13,7 +13,7 @@ use crate::progress;
 #[derive(Args, Clone, Copy)]
 pub struct ClipArgs {
     /// Frame size as WIDTHxHEIGHT (any aspect ratio; each side 16 to 4096).
-    #[arg(long, value_parser = parse_size, default_value = "128x128")]
+    #[arg(long, value_parser = crate::args::parse_size, default_value = "128x128")]
     size: (u32, u32),
     /// Number of frames.
     #[arg(long, default_value_t = 33)]
@@ -109,14 +109,6 @@ pub struct EvalWorldArgs {
     /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let err = || format!("size '{s}' is not WIDTHxHEIGHT, e.g. 128x128 or 96x64");
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
-    let w: u32 = w.trim().parse().map_err(|_| err())?;
-    let h: u32 = h.trim().parse().map_err(|_| err())?;
-    Ok((w, h))
 }
 
 /// The scene to render and the caption to print: a random scene with its own caption, or the
