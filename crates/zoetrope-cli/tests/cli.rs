@@ -825,3 +825,30 @@ fn eval_model_errors_name_what_to_fix() {
     ]);
     assert_clean_error(&o, &["1 + 4k", "5 or 9"]);
 }
+
+#[test]
+fn a_cuda_device_without_the_cuda_build_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("never.mp4");
+    let out = zoetrope(&[
+        "generate",
+        "a red ball",
+        "--device",
+        "cuda",
+        "-o",
+        path_str(&out_path),
+    ]);
+    if cfg!(feature = "cuda") {
+        // A CUDA build on a machine without a GPU: the driver cannot open device 0.
+        if !out.status.success() {
+            assert_clean_error(&out, &["cannot open CUDA device 0"]);
+        }
+        return;
+    }
+    assert_clean_error(&out, &["built without CUDA", "--features cuda", "--device cpu"]);
+    assert!(!out_path.exists());
+
+    let out = zoetrope(&["generate", "a red ball", "--device", "tpu"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("cpu, cuda or cuda:N"), "{err}");
+}
