@@ -845,10 +845,16 @@ fn a_cuda_device_without_the_cuda_build_says_how_to_get_one() {
         }
         return;
     }
-    assert_clean_error(&out, &["built without CUDA", "--features cuda", "--device cpu"]);
+    assert_clean_error(
+        &out,
+        &["built without CUDA", "--features cuda", "--device cpu"],
+    );
     assert!(!out_path.exists());
 
     let out = zoetrope(&["generate", "a red ball", "--device", "tpu"]);
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("cpu, cuda or cuda:N"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("cpu, cuda or cuda:N"),
+        "{err}"
+    );
 }

@@ -32,14 +32,10 @@ pub enum DeviceError {
     )]
     NotCompiled,
     #[error(
-        "cannot open CUDA device {ordinal}: {source} (does `nvidia-smi` list the GPU? the \
+        "cannot open CUDA device {ordinal}: {reason} (does `nvidia-smi` list the GPU? the \
          NVIDIA driver and the CUDA runtime libraries must be installed)"
     )]
-    Open {
-        ordinal: usize,
-        #[source]
-        source: candle_core::Error,
-    },
+    Open { ordinal: usize, reason: String },
 }
 
 impl FromStr for DeviceSpec {
@@ -84,7 +80,11 @@ impl DeviceSpec {
                 if !cuda_compiled() {
                     return Err(DeviceError::NotCompiled);
                 }
-                Device::new_cuda(ordinal).map_err(|source| DeviceError::Open { ordinal, source })
+                Device::new_cuda(ordinal).map_err(|e| DeviceError::Open {
+                    ordinal,
+                    // candle's error carries a backtrace after its first line: one line here.
+                    reason: e.to_string().lines().next().unwrap_or_default().to_string(),
+                })
             }
         }
     }
