@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 use zoetrope_engine::{DeviceSpec, Precision, StepCacheSettings};
 use zoetrope_models::step_cache::{
-    check_threshold, StepCacheLimits, DEFAULT_MAX_CONSECUTIVE_SKIPS, DEFAULT_WARMUP_STEPS,
+    check_threshold, DEFAULT_MAX_CONSECUTIVE_SKIPS, DEFAULT_WARMUP_STEPS,
 };
 use zoetrope_nn::DeviceError;
 use zoetrope_sampling::SamplerKind;
@@ -77,15 +77,6 @@ impl CacheArgs {
             threshold,
             max_consecutive_skips: self.cache_max_skips,
         })
-    }
-
-    pub fn limits(&self) -> StepCacheLimits {
-        StepCacheLimits {
-            max_consecutive_skips: self
-                .cache_max_skips
-                .unwrap_or(DEFAULT_MAX_CONSECUTIVE_SKIPS),
-            ..StepCacheLimits::default()
-        }
     }
 }
 

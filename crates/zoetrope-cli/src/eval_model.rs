@@ -14,8 +14,9 @@ use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use serde::Serialize;
+use zoetrope_engine::Job;
 use zoetrope_models::world::model::{SamplingDefaults, WorldModel, WorldModelManifest};
-use zoetrope_models::world::pipeline::{Stage, WorldPipeline, WorldRequest};
+use zoetrope_models::world::pipeline::{Stage, WorldPipeline};
 use zoetrope_models::world::score::{
     score_ground_truth, score_prompts, score_reconstructed, BoxError, PromptScores, ScoreObserver,
     ScoredClip,
@@ -55,45 +56,6 @@ impl Reference {
             Reference::Untrained => "untrained",
             Reference::Reconstructed => "ground truth through the VAE",
         }
-    }
-}
-
-/// The sampling flags a world-model request takes from the command line (`generate`, `eval
-/// model`); `None` keeps what the request already holds.
-pub(crate) struct WorldOverrides {
-    pub size: Option<(u32, u32)>,
-    pub frames: Option<usize>,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub shift: Option<f64>,
-    pub sampler: Option<Sampler>,
-    pub seed: u64,
-    pub cache: CacheArgs,
-}
-
-impl WorldOverrides {
-    pub fn apply(&self, req: &mut WorldRequest) {
-        if let Some((w, h)) = self.size {
-            (req.width, req.height) = (w as usize, h as usize);
-        }
-        if let Some(f) = self.frames {
-            req.frames = f;
-        }
-        if let Some(s) = self.steps {
-            req.steps = s;
-        }
-        if let Some(g) = self.guidance {
-            req.guidance = g;
-        }
-        if let Some(s) = self.shift {
-            req.shift = s;
-        }
-        if let Some(s) = self.sampler {
-            req.sampler = s.into();
-        }
-        req.seed = self.seed;
-        req.cache_steps = self.cache.cache_steps;
-        req.cache_limits = self.cache.limits();
     }
 }
 
@@ -385,17 +347,18 @@ pub fn run(args: EvalModelArgs) -> anyhow::Result<()> {
         };
         let pipe = WorldPipeline::new(model);
         let mut req = pipe.request("")?;
-        WorldOverrides {
-            size: args.size,
+        Job {
+            size: args.size.map(|(w, h)| (w as usize, h as usize)),
             frames: args.frames,
             steps: args.steps,
             guidance: args.guidance,
             shift: args.shift,
-            sampler: args.sampler,
+            sampler: args.sampler.map(Into::into),
             seed: args.seed,
-            cache: args.cache,
+            cache: args.cache.settings(),
+            ..Job::default()
         }
-        .apply(&mut req);
+        .apply_to_world(&mut req);
         pipe.check(&req)?;
         warn_unknown_words(&pipe, &prompts);
         let sampled = args.reference != Reference::Reconstructed;

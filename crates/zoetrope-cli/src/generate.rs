@@ -196,8 +196,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let device = args.device.device.open()?;
-    let job = job(&args, &device)?;
+    let job = job(&args)?;
     let opts = LoadOptions {
         precision: args.dtype.into(),
         device: args.device.device,
@@ -298,7 +297,7 @@ fn read_mode(args: &GenerateOptions) -> anyhow::Result<Mode> {
 }
 
 /// The job the flags describe.
-fn job(args: &GenerateOptions, device: &Device) -> anyhow::Result<Job> {
+fn job(args: &GenerateOptions) -> anyhow::Result<Job> {
     Ok(Job {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -313,16 +312,13 @@ fn job(args: &GenerateOptions, device: &Device) -> anyhow::Result<Job> {
         cache: args.cache.settings(),
         mode: read_mode(args)?,
         context_latents: args.context,
-        latents: args
-            .latents
-            .as_deref()
-            .map(|path| read_latents(path, device))
-            .transpose()?,
+        latents: args.latents.as_deref().map(read_latents).transpose()?,
     })
 }
 
-fn read_latents(path: &Path, device: &Device) -> anyhow::Result<Tensor> {
-    let tensors = candle_core::safetensors::load(path, device).with_context(|| {
+/// Reads `--latents` on the CPU; the engine moves them to the model's device.
+fn read_latents(path: &Path) -> anyhow::Result<Tensor> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
         format!(
             "{}: cannot read latents (expected a .safetensors file)",
             path.display()

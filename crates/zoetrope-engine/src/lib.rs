@@ -23,7 +23,6 @@ mod model;
 pub use error::{EngineError, Result};
 pub use job::{Job, Mode, Precision, StepCacheSettings};
 pub use model::{
-    family_of, Event, Family, Finished, LoadOptions, Model, ModelInfo, ModelSource, BUILTIN_NAME,
-    WAN_FPS,
+    family_of, Event, Family, Finished, LoadOptions, Model, ModelInfo, ModelSource, WAN_FPS,
 };
 pub use zoetrope_nn::DeviceSpec;

@@ -24,9 +24,6 @@ use crate::job::{Job, Mode, Precision};
 /// Wan's frame rate when a job gives none (Wan 2.1 is trained at 16 fps).
 pub const WAN_FPS: f64 = 16.0;
 
-/// The name the built-in world model goes by (the server's `model` field).
-pub const BUILTIN_NAME: &str = "zoetrope-world";
-
 /// Where a model's weights come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
@@ -42,15 +39,6 @@ pub enum ModelSource {
 pub enum Family {
     World,
     Wan,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::World => "zoetrope world model",
-            Family::Wan => "Wan 2.1",
-        }
-    }
 }
 
 /// What a folder holds: a world-model folder is one whose `model.json` says so; anything else
@@ -262,14 +250,6 @@ impl Model {
         }
     }
 
-    /// The world pipeline, for what only the world model has (the evaluator's reports).
-    pub fn world(&self) -> Option<&WorldPipeline> {
-        match &self.loaded {
-            Loaded::World(p) => Some(p),
-            Loaded::Wan(_) => None,
-        }
-    }
-
     pub fn info(&self) -> ModelInfo {
         match &self.loaded {
             Loaded::World(p) => {
@@ -466,32 +446,41 @@ fn world_request(pipe: &WorldPipeline, job: &Job) -> Result<WorldRequest> {
     if let Conditioning::Edit { source, .. } = &conditioning {
         req.frames = pipe.frames_at_most(source.len());
     }
-    if let Some((w, h)) = job.size {
-        (req.width, req.height) = (w, h);
-    }
-    if let Some(f) = job.frames {
-        req.frames = f;
-    }
-    if let Some(s) = job.steps {
-        req.steps = s;
-    }
-    if let Some(g) = job.guidance {
-        req.guidance = g;
-    }
-    if let Some(s) = job.shift {
-        req.shift = s;
-    }
-    if let Some(s) = job.sampler {
-        req.sampler = s;
-    }
-    if let Some(fps) = job.fps {
-        req.fps = fps;
-    }
-    req.seed = job.seed;
-    (req.cache_steps, req.cache_limits) = cache_settings(job);
+    job.apply_to_world(&mut req);
     req.context_latents = job.context_latents.unwrap_or(DEFAULT_CONTEXT_LATENTS);
     req.conditioning = conditioning;
     Ok(req)
+}
+
+impl Job {
+    /// Sets a world-model request's sampling settings to the job's where the job gives them:
+    /// size, frames, steps, guidance, shift, sampler, fps, seed and the step cache (not the
+    /// prompts or the mode). `eval model` uses it for its shared settings.
+    pub fn apply_to_world(&self, req: &mut WorldRequest) {
+        if let Some((w, h)) = self.size {
+            (req.width, req.height) = (w, h);
+        }
+        if let Some(f) = self.frames {
+            req.frames = f;
+        }
+        if let Some(s) = self.steps {
+            req.steps = s;
+        }
+        if let Some(g) = self.guidance {
+            req.guidance = g;
+        }
+        if let Some(s) = self.shift {
+            req.shift = s;
+        }
+        if let Some(s) = self.sampler {
+            req.sampler = s;
+        }
+        if let Some(fps) = self.fps {
+            req.fps = fps;
+        }
+        req.seed = self.seed;
+        (req.cache_steps, req.cache_limits) = cache_settings(self);
+    }
 }
 
 /// Frames `[F, 3, H, W]` in [0, 1] as 8-bit video, rounding as image libraries do.
