@@ -4,6 +4,7 @@ mod args;
 mod eval_model;
 mod generate;
 mod progress;
+mod serve_cmd;
 mod train_cmd;
 mod world_cmd;
 
@@ -37,6 +38,13 @@ enum Command {
     /// Train the built-in world model: `train vae`, then `train dit`, then `train export`.
     #[command(subcommand)]
     Train(train_cmd::TrainCommand),
+    /// Serve the OpenAI Videos API, a job queue and a web page (see the README's server part).
+    Serve(serve_cmd::ServeArgs),
+    /// Run queued jobs from the same data dir / DATABASE_URL as a `zoetrope serve`.
+    Worker(serve_cmd::WorkerArgs),
+    /// API keys for `zoetrope serve`: create, list, revoke.
+    #[command(subcommand)]
+    Keys(serve_cmd::KeysCommand),
     /// Make a contact sheet: evenly spaced frames of each video in a row, one row per video.
     Strip(StripArgs),
 }
@@ -75,6 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(cmd) => world_cmd::run_eval(cmd),
         Command::Strip(args) => strip(args),
         Command::Train(cmd) => train_cmd::run(cmd),
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Worker(args) => serve_cmd::worker(args),
+        Command::Keys(cmd) => serve_cmd::keys(cmd),
     }
 }
 
