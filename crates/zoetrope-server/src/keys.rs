@@ -110,6 +110,6 @@ mod tests {
         revoke(&store, "alice").await.unwrap();
         assert_eq!(authenticate(&store, &secret).await.unwrap(), None);
         assert!(revoke(&store, "alice").await.is_err());
-        assert_eq!(list(&store).await.unwrap()[0].revoked_at.is_some(), true);
+        assert!(list(&store).await.unwrap()[0].revoked_at.is_some());
     }
 }

@@ -90,6 +90,8 @@ type Bad<T> = Result<T, BadRequest>;
 #[derive(Clone, Debug)]
 pub enum Field {
     Text(String),
+    /// A JSON number or boolean: fine where a number is wanted, not where text is.
+    Scalar(String),
     File {
         name: Option<String>,
         content_type: Option<String>,
@@ -122,6 +124,10 @@ impl Fields {
         match self.0.get(name) {
             None => Ok(None),
             Some(Field::Text(s)) => Ok(Some(s)),
+            Some(Field::Scalar(_)) => Err(BadRequest::new(
+                Some(name),
+                format!("'{name}' must be a string"),
+            )),
             Some(Field::File { .. }) => Err(BadRequest::new(
                 Some(name),
                 format!("'{name}' must be a text field, not a file"),
@@ -129,8 +135,16 @@ impl Fields {
         }
     }
 
+    /// A field that may be a string or a JSON number/boolean (multipart sends only strings).
+    pub fn scalar(&self, name: &str) -> Bad<Option<&str>> {
+        match self.0.get(name) {
+            Some(Field::Scalar(s)) => Ok(Some(s)),
+            _ => self.text(name),
+        }
+    }
+
     fn number<T: std::str::FromStr>(&self, name: &str, what: &str) -> Bad<Option<T>> {
-        match self.text(name)? {
+        match self.scalar(name)? {
             None => Ok(None),
             Some(s) => s.trim().parse().map(Some).map_err(|_| {
                 BadRequest::new(Some(name), format!("'{name}' must be {what}, got '{s}'"))
@@ -181,10 +195,10 @@ fn flatten(
             out.insert(key.to_string(), Field::Text(s));
         }
         Value::Number(n) => {
-            out.insert(key.to_string(), Field::Text(n.to_string()));
+            out.insert(key.to_string(), Field::Scalar(n.to_string()));
         }
         Value::Bool(b) => {
-            out.insert(key.to_string(), Field::Text(b.to_string()));
+            out.insert(key.to_string(), Field::Scalar(b.to_string()));
         }
         Value::Object(map) => {
             for (k, v) in map {
@@ -274,7 +288,7 @@ pub fn common(f: &Fields, max_prompt_bytes: usize) -> Bad<Common> {
             ),
         ));
     }
-    let seconds = match f.text("seconds")? {
+    let seconds = match f.scalar("seconds")? {
         None => None,
         Some(s) => {
             let v: f64 = s.trim().parse().map_err(|_| {
@@ -367,7 +381,7 @@ pub fn strength(f: &Fields) -> Bad<Option<f64>> {
 }
 
 pub fn boolean(f: &Fields, name: &str) -> Bad<bool> {
-    match f.text(name)? {
+    match f.scalar(name)? {
         None => Ok(false),
         Some("true" | "1") => Ok(true),
         Some("false" | "0") => Ok(false),
@@ -554,7 +568,8 @@ mod tests {
             "prompt": "a ball", "seconds": 4, "video": {"id": "video_1"}, "model": null
         }))
         .unwrap();
-        assert_eq!(f.text("seconds").unwrap(), Some("4"));
+        assert_eq!(f.scalar("seconds").unwrap(), Some("4"));
+        assert!(f.text("seconds").is_err(), "a number where text is wanted");
         assert_eq!(f.text("video[id]").unwrap(), Some("video_1"));
         assert_eq!(f.text("model").unwrap(), None);
         assert!(Fields::from_json(serde_json::json!([1])).is_err());
