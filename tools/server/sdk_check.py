@@ -89,9 +89,24 @@ def main():
     edit = client.videos.poll(edit.id)
     check(edit.status == "completed", f"edit completes ({edit.error})")
 
+    # zoetrope's own modes ride along as extra fields.
+    loop = client.videos.poll(client.videos.create(prompt=PROMPT, extra_body={"mode": "loop"}).id)
+    check(loop.status == "completed", f"mode=loop completes ({loop.error})")
+    joined = client.videos.create(
+        prompt=PROMPT, extra_body={"mode": "connect", "video_id": video.id, "second_video_id": remix.id}
+    )
+    joined = client.videos.poll(joined.id)
+    check(joined.status == "completed", f"mode=connect joins two finished videos ({joined.error})")
+    check(float(joined.seconds) > 2 * float(video.seconds), f"a connection holds both clips ({joined.seconds} s)")
+    try:
+        client.videos.create(prompt=PROMPT, extra_body={"mode": "connect", "video_id": video.id})
+        check(False, "connect without its second clip is refused")
+    except openai.BadRequestError as e:
+        check("second_video_id" in str(e), "connect without its second clip is a 400 naming the field")
+
     # Pagination: pages of 2 walk every video once, newest first.
     ids = [v.id for v in client.videos.list(limit=2)]  # auto-paginates through after=last_id
-    made = {video.id, image.id, remix.id, ext.id, edit.id}
+    made = {video.id, image.id, remix.id, ext.id, edit.id, loop.id, joined.id}
     everything = [v.id for v in client.videos.list(limit=100).data]
     check(len(ids) == len(set(ids)) and ids == everything and made <= set(ids),
           f"pages of 2 walk all {len(ids)} videos once, newest first")

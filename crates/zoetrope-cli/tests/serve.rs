@@ -304,6 +304,71 @@ fn a_worker_killed_mid_job_loses_nothing_and_runs_nothing_twice() {
     drop(server);
 }
 
+/// SIGTERM: the server stops taking jobs, lets the running one have its grace period (none
+/// here), puts it back in the queue without counting the attempt, and exits; restarted, it
+/// finishes everything.
+#[test]
+fn a_graceful_shutdown_puts_the_running_job_back_and_a_restart_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let args = ["--shutdown-grace", "0"];
+    let server = Server::start(data, &args, &[]);
+    let k = key(data, "alice", &[]);
+    let ids: Vec<String> = (0..2)
+        .map(|i| create(server.addr, &k, slow_job(i)))
+        .collect();
+    let running = wait_running(server.addr, &k, &ids);
+    let pid = server._proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut server = server;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server._proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not exit on SIGTERM\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", server.log());
+    assert!(
+        server.log().contains("put back in the queue"),
+        "{}",
+        server.log()
+    );
+    let server = Server::start(data, &args, &[]);
+    wait_all(server.addr, &k, &ids, Duration::from_secs(300), &|| {
+        server.log()
+    });
+    assert_completed_once(None, data, &ids);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runs = rt.block_on(async {
+        let store = zoetrope_server::Store::open(None, &data.join("queue.sqlite"))
+            .await
+            .unwrap();
+        let runs = store.runs(&running).await.unwrap();
+        store.close().await;
+        runs
+    });
+    let outcomes: Vec<_> = runs.iter().map(|r| (r.1, r.2.as_deref())).collect();
+    // The interrupted attempt was handed back, so the rerun is attempt 1 again.
+    assert_eq!(
+        outcomes,
+        [(1, Some("shutdown")), (1, Some("completed"))],
+        "{runs:?}"
+    );
+}
+
 #[test]
 fn the_openai_sdk_drives_the_whole_api() {
     let python = python();
