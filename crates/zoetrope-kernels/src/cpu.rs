@@ -18,8 +18,9 @@ pub struct Features {
     pub amx_bf16: bool,
 }
 
-/// Environment variable that caps the instruction sets used: `scalar`, `avx512` (no AMX), or
-/// unset for everything the CPU has. For comparisons and for testing the fallbacks.
+/// Environment variable that caps the instruction sets used: `scalar`, `avx512f` (AVX-512
+/// Foundation only: no BF16 instructions, no AMX), `avx512` (no AMX), or unset for everything
+/// the CPU has. For comparisons and for testing the fallbacks.
 pub const ISA_ENV: &str = "ZOETROPE_ISA";
 
 /// The detected features (after [`ISA_ENV`]'s cap), computed on first call.
@@ -34,8 +35,11 @@ pub fn features() -> Features {
 #[cfg(target_arch = "x86_64")]
 fn detect(cap: &str) -> Features {
     let avx512f = is_x86_feature_detected!("avx512f") && cap != "scalar";
-    let avx512bf16 = avx512f && is_x86_feature_detected!("avx512bf16");
-    let amx_bf16 = avx512f && cap != "avx512" && cpuid_amx_bf16() && request_amx_permission();
+    let avx512bf16 = avx512f && cap != "avx512f" && is_x86_feature_detected!("avx512bf16");
+    let amx_bf16 = avx512f
+        && !matches!(cap, "avx512" | "avx512f")
+        && cpuid_amx_bf16()
+        && request_amx_permission();
     Features {
         avx512f,
         avx512bf16,

@@ -9,8 +9,11 @@
 //! bias is added in f32 before the single rounding of the output.
 //!
 //! AMX instructions are written with `asm!` (their intrinsics are not stable Rust). Without AMX
-//! (or with `ZOETROPE_ISA=avx512`/`scalar`) the same function computes the same products through
-//! the f32 GEMM, from the bf16-rounded inputs.
+//! but with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake), the same packed B feeds a
+//! `vdpbf16ps` micro-kernel instead ([`dot`]): a tile row pair of B is exactly its operand. With
+//! neither (or with `ZOETROPE_ISA=avx512f`/`scalar`) the same function computes the same products
+//! through the f32 GEMM, from the bf16-rounded inputs. All three give the same sums up to f32
+//! summation order.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -399,6 +402,10 @@ fn gemm_impl<A: ToBf16, C: FromF32>(
         );
     }
     if !amx_available() {
+        #[cfg(target_arch = "x86_64")]
+        if cpu::features().avx512bf16 {
+            return dot::gemm(m, a, lda, b, c, ldc, bias, act, parallel);
+        }
         return fallback(m, a, lda, b, c, ldc, bias, act);
     }
     // Pack A into 16-row panels of 32-deep tiles, an even number of panels.
@@ -495,7 +502,19 @@ fn run_packed<A: ToBf16, C: FromF32>(
                             128,
                             false,
                         );
-                        store(&acc, i * 2 * TILE, j * 2 * TILE, m, n, cptr, ldc, bias, act);
+                        store_rows(
+                            &acc,
+                            2 * TILE,
+                            2 * TILE,
+                            i * 2 * TILE,
+                            j * 2 * TILE,
+                            m,
+                            n,
+                            cptr,
+                            ldc,
+                            bias,
+                            act,
+                        );
                     }
                 }
             })
@@ -514,11 +533,14 @@ struct SharedMut<C>(*mut C);
 unsafe impl<C> Send for SharedMut<C> {}
 unsafe impl<C> Sync for SharedMut<C> {}
 
-/// Writes the valid part of a 32 × 32 f32 block (row stride 32) at `(i0, j0)` of C.
+/// Writes the valid part of a `rows_max` × `stride` f32 block (row stride `stride`) at `(i0, j0)`
+/// of C.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn store<C: FromF32>(
-    acc: &[f32; 4 * TILE * TILE],
+unsafe fn store_rows<C: FromF32>(
+    acc: &[f32],
+    stride: usize,
+    rows_max: usize,
     i0: usize,
     j0: usize,
     m: usize,
@@ -528,12 +550,12 @@ unsafe fn store<C: FromF32>(
     bias: Option<&[f32]>,
     act: Activation,
 ) {
-    let rows = (2 * TILE).min(m - i0);
-    let cols = (2 * TILE).min(n.saturating_sub(j0));
+    let rows = rows_max.min(m - i0);
+    let cols = stride.min(n.saturating_sub(j0));
     let bias = bias.map(|b| &b[j0..j0 + cols]);
     for r in 0..rows {
         let crow = c.0.add((i0 + r) * ldc + j0);
-        C::store_row(crow, &acc[r * 2 * TILE..r * 2 * TILE + cols], bias, act);
+        C::store_row(crow, &acc[r * stride..r * stride + cols], bias, act);
     }
 }
 
@@ -575,6 +597,152 @@ fn fallback<A: ToBf16, C: FromF32>(
                 act,
             )
         };
+    }
+}
+
+/// The `vdpbf16ps` path: C in 14 × 32 blocks held in 28 zmm accumulators over the whole k.
+///
+/// A is packed per call into 14-row panels of bf16 pairs, `[k/2][14]` u32 (a pair `(a[i][2p],
+/// a[i][2p+1])` is one broadcast operand); B is [`PackedB`] as it is: in a 16-column panel the
+/// 32-deep tiles follow each other, so the panel is `[k/2][16 columns][2]`, one zmm per pair.
+/// `vdpbf16ps` multiplies the two bf16 of each 32-bit lane and adds both products to the f32
+/// lane, so a step of one pair is 14 broadcasts, 2 loads and 28 instructions of 32 multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod dot {
+    use std::arch::x86_64::*;
+
+    use rayon::prelude::*;
+
+    use super::{store_rows, FromF32, PackedB, SharedMut, ToBf16, KSTEP, NBLOCK, TILE, TILE_ELEMS};
+    use crate::buf::{with_scratch, AlignedBuf};
+    use crate::gemm_bf16::Activation;
+
+    /// Rows of C per micro-kernel call.
+    pub(super) const MR: usize = 14;
+    /// Columns of C per call: two B panels.
+    const NR: usize = 2 * TILE;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm<A: ToBf16, C: FromF32>(
+        m: usize,
+        a: &[A],
+        lda: usize,
+        b: &PackedB,
+        c: &mut [C],
+        ldc: usize,
+        bias: Option<&[f32]>,
+        act: Activation,
+        parallel: bool,
+    ) {
+        let k = b.k;
+        let n = b.n;
+        // B's k is padded to whole tiles with zeros; A's pairs are padded the same way.
+        let pairs = b.kchunks * KSTEP / 2;
+        let mpanels = m.div_ceil(MR);
+        let alen = mpanels * pairs * MR;
+        with_scratch(|[abuf]: &mut [AlignedBuf; 1]| {
+            let apack = abuf.slice_mut::<u32>(alen);
+            let pack_panel = |(q, panel): (usize, &mut [u32])| {
+                let mut row = vec![0u16; 2 * pairs];
+                for r in 0..MR {
+                    let i = q * MR + r;
+                    if i < m {
+                        A::bits_run(&a[i * lda..i * lda + k], &mut row[..k]);
+                        row[k..].fill(0);
+                    } else {
+                        row.fill(0);
+                    }
+                    for p in 0..pairs {
+                        panel[p * MR + r] =
+                            u32::from(row[2 * p]) | (u32::from(row[2 * p + 1]) << 16);
+                    }
+                }
+            };
+            if parallel {
+                apack
+                    .par_chunks_mut((pairs * MR).max(1))
+                    .enumerate()
+                    .for_each(pack_panel);
+            } else {
+                apack
+                    .chunks_mut((pairs * MR).max(1))
+                    .enumerate()
+                    .for_each(pack_panel);
+            }
+            let apack: &[u32] = apack;
+            let bpack = b.tiles();
+            let panel_len = b.kchunks * TILE_ELEMS;
+            let npairs = b.panels / 2;
+            let nblocks = n.div_ceil(NBLOCK).max(1);
+            let pairs_per_nblock = NBLOCK / NR;
+            let threads = if parallel {
+                rayon::current_num_threads()
+            } else {
+                1
+            };
+            let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mpanels);
+            let panels_per_mgroup = mpanels.div_ceil(mgroups);
+            let mgroups = mpanels.div_ceil(panels_per_mgroup);
+            let cptr = SharedMut(c.as_mut_ptr());
+            let task = |t: usize| {
+                let (nb, mg) = (t / mgroups, t % mgroups);
+                let np = nb * pairs_per_nblock..((nb + 1) * pairs_per_nblock).min(npairs);
+                let mp = mg * panels_per_mgroup..((mg + 1) * panels_per_mgroup).min(mpanels);
+                let mut acc = [0f32; MR * NR];
+                for i in mp.clone() {
+                    for j in np.clone() {
+                        // SAFETY: AVX-512 BF16 is available (checked by the caller); the panels
+                        // hold `pairs` steps each; the task writes only its own rows × columns.
+                        unsafe {
+                            micro(
+                                pairs,
+                                apack.as_ptr().add(i * pairs * MR),
+                                bpack.as_ptr().add(2 * j * panel_len),
+                                bpack.as_ptr().add((2 * j + 1) * panel_len),
+                                &mut acc,
+                            );
+                            store_rows(&acc, NR, MR, i * MR, j * NR, m, n, cptr, ldc, bias, act);
+                        }
+                    }
+                }
+            };
+            if parallel {
+                (0..nblocks * mgroups).into_par_iter().for_each(task);
+            } else {
+                (0..nblocks * mgroups).for_each(task);
+            }
+        })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn micro(
+        pairs: usize,
+        a: *const u32,
+        b0: *const u16,
+        b1: *const u16,
+        out: &mut [f32; MR * NR],
+    ) {
+        let mut lo = [_mm512_setzero_ps(); MR];
+        let mut hi = [_mm512_setzero_ps(); MR];
+        let (mut a, mut b0, mut b1) = (a, b0, b1);
+        for _ in 0..pairs {
+            _mm_prefetch::<_MM_HINT_T0>(b0.add(8 * 2 * TILE) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b1.add(8 * 2 * TILE) as *const i8);
+            let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0 as *const __m512i));
+            let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1 as *const __m512i));
+            for r in 0..MR {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
+                lo[r] = _mm512_dpbf16_ps(lo[r], av, v0);
+                hi[r] = _mm512_dpbf16_ps(hi[r], av, v1);
+            }
+            a = a.add(MR);
+            b0 = b0.add(2 * TILE);
+            b1 = b1.add(2 * TILE);
+        }
+        for r in 0..MR {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * NR), lo[r]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * NR + TILE), hi[r]);
+        }
     }
 }
 
