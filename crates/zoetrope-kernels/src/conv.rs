@@ -80,9 +80,10 @@ pub fn conv3d_parts(
     conv3d_parts_with(parts, weight, None, bias, s, out)
 }
 
-/// [`conv3d_parts`], with bf16 products on AMX tiles when `w16` (the same weight packed by
-/// [`Weight16::pack`]) is given and the CPU has AMX: inputs and weights rounded to bf16, products
-/// accumulated in f32, output f32. Stride-2 convolutions and CPUs without AMX take the f32 path.
+/// [`conv3d_parts`], with bf16 products when `w16` (the same weight packed by
+/// [`Weight16::pack`]) is given and the CPU has AMX or AVX-512 BF16: inputs and weights rounded
+/// to bf16, products accumulated in f32, output f32. Stride-2 convolutions and CPUs with neither
+/// take the f32 path.
 pub fn conv3d_parts_with(
     parts: &[Part],
     weight: &[f32],
@@ -149,7 +150,7 @@ pub fn conv3d_parts_with(
     }
     let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
     let grid = ho * wp;
-    let w16 = w16.filter(|_| amx_conv_available());
+    let w16 = w16.filter(|_| bf16_conv_available());
     if let Some(w) = w16 {
         assert!(
             w.cout == s.cout && w.cin == s.cin && w.taps == kt * kh * kw,
@@ -221,7 +222,7 @@ pub fn conv3d_parts_with(
                 match (w16, &inter) {
                     (Some(w), Some(x)) => {
                         let frame = t * s.time_stride * hp * wp;
-                        amx_direct(w, x, frame, &offsets, grid, cbuf, ldc)
+                        direct(w, x, frame, &offsets, grid, cbuf, ldc)
                     }
                     _ => gemm::sgemm_packed_a(
                         grid,
@@ -296,9 +297,10 @@ fn fill_bias(c: &mut [f32], row: usize, bias: Option<&[f32]>) {
     }
 }
 
-/// Whether [`conv3d_parts_with`] can run on AMX here (tiles and AVX512-BF16 rounding).
-pub fn amx_conv_available() -> bool {
-    crate::gemm_bf16::amx_available() && crate::cpu::features().avx512bf16
+/// Whether [`conv3d_parts_with`] can take bf16 products here: on AMX tiles, or with AVX-512
+/// BF16's `vdpbf16ps` (both round with AVX512-BF16).
+pub fn bf16_conv_available() -> bool {
+    crate::cpu::features().avx512bf16
 }
 
 /// A convolution weight `[Cout, Cin, kt, kh, kw]` rounded to bf16 and packed once into AMX A
@@ -471,6 +473,134 @@ fn amx_direct(
             })
         };
     });
+}
+
+/// The direct bf16 convolution of one output frame: on AMX tiles where the CPU has them,
+/// otherwise with `vdpbf16ps`.
+fn direct(
+    w: &Weight16,
+    x: &Interleaved,
+    frame: usize,
+    offsets: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if !crate::gemm_bf16::amx_available() {
+        return dot_direct(w, x, frame, offsets, n, c, ldc);
+    }
+    amx_direct(w, x, frame, offsets, n, c, ldc)
+}
+
+/// [`amx_direct`] without AMX, on AVX-512 BF16 (`vdpbf16ps`): the same packed weight, the same
+/// interleaved input read in place at each tap's offset, C in 8 × 32 blocks (16 zmm
+/// accumulators). An A tile row holds a weight row's 32 channels of one step, so a channel pair
+/// is one broadcast; a B tile row (one channel pair, 16 positions) is one zmm load.
+#[cfg(target_arch = "x86_64")]
+fn dot_direct(
+    w: &Weight16,
+    x: &Interleaved,
+    frame: usize,
+    offsets: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(ldc >= n && ldc.is_multiple_of(2 * TILE) && c.len() >= w.mpanels * TILE * ldc);
+    assert_eq!(offsets.len(), w.taps, "conv3d: one offset per tap");
+    let steps = w.taps * w.cchunks;
+    let starts: Vec<usize> = (0..steps)
+        .map(|st| {
+            let (tap, cc) = (st / w.cchunks, st % w.cchunks);
+            2 * (cc * TILE * x.len + frame + offsets[tap])
+        })
+        .collect();
+    let reach = frame + offsets.iter().max().copied().unwrap_or(0) + ldc;
+    assert!(
+        reach <= x.len && x.data.len() >= 2 * w.cchunks * TILE * x.len,
+        "conv3d: interleaved input too short"
+    );
+    let cptr = SharedF32(c.as_mut_ptr());
+    let atiles = w.tiles.slice::<u16>(w.mpanels * steps * TILE_ELEMS);
+    // Rows are only as many as the weight has (in blocks of 8), not the AMX padding.
+    let rowblocks = w.cout.div_ceil(dot::ROWS);
+    let blocks = n.div_ceil(NB16);
+    (0..blocks).into_par_iter().for_each(|jb| {
+        let j0 = jb * NB16;
+        let cblocks = NB16.min(n - j0).div_ceil(2 * TILE);
+        for rb in 0..rowblocks {
+            let (panel, half) = (rb / 2, rb % 2);
+            for cb in 0..cblocks {
+                let j = j0 + cb * 2 * TILE;
+                // SAFETY: AVX-512 BF16 is available (checked by the caller); A's rows lie in
+                // their panel's tiles, B's reads inside the interleaved input (checked above),
+                // and C's block inside `c`'s padded rows × columns [j, j + 32) ≤ ldc, which this
+                // task alone writes.
+                unsafe {
+                    dot::block(
+                        atiles
+                            .as_ptr()
+                            .add(panel * steps * TILE_ELEMS + half * dot::ROWS * KSTEP),
+                        x.data.as_ptr().add(2 * j),
+                        &starts,
+                        2 * x.len,
+                        cptr.at((rb * dot::ROWS) * ldc + j),
+                        ldc,
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dot {
+    use std::arch::x86_64::*;
+
+    use super::{KSTEP, TILE, TILE_ELEMS};
+
+    /// Rows of C per block: half of a weight panel.
+    pub const ROWS: usize = 8;
+
+    /// `C[8 × 32] += A · B` over every step: A's rows are 32 u16 apart inside a step's tile
+    /// (steps `TILE_ELEMS` apart), B's channel-pair rows `b_stride` u16 apart from each start.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn block(
+        a: *const u16,
+        b: *const u16,
+        starts: &[usize],
+        b_stride: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); ROWS];
+        let mut hi = [_mm512_setzero_ps(); ROWS];
+        for (st, &off) in starts.iter().enumerate() {
+            let a = a.add(st * TILE_ELEMS) as *const u32;
+            let b = b.add(off);
+            for pp in 0..KSTEP / 2 {
+                let row = b.add(pp * b_stride);
+                let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(row as *const __m512i));
+                let v1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(row.add(2 * TILE) as *const __m512i));
+                for r in 0..ROWS {
+                    let av: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*a.add(r * KSTEP / 2 + pp) as i32));
+                    lo[r] = _mm512_dpbf16_ps(lo[r], av, v0);
+                    hi[r] = _mm512_dpbf16_ps(hi[r], av, v1);
+                }
+            }
+        }
+        for r in 0..ROWS {
+            let crow = c.add(r * ldc);
+            _mm512_storeu_ps(crow, _mm512_add_ps(_mm512_loadu_ps(crow), lo[r]));
+            _mm512_storeu_ps(
+                crow.add(TILE),
+                _mm512_add_ps(_mm512_loadu_ps(crow.add(TILE)), hi[r]),
+            );
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -1020,10 +1020,11 @@ fn conv2d_with(x: &Tensor, conv: &candle_nn::Conv2d, w16: Option<&Weight16>) -> 
     y.reshape((n, cout, ho, wo))
 }
 
-/// A convolution weight packed for bf16 products on AMX ([`Weight16`]), or `None` where they
-/// do not apply (no AMX, a weight that is not f32 on the CPU or that needs gradients).
+/// A convolution weight packed for bf16 products ([`Weight16`]: AMX tiles, or `vdpbf16ps`), or
+/// `None` where they do not apply (neither instruction set, a weight that is not f32 on the CPU
+/// or that needs gradients).
 pub fn pack_conv_bf16(weight: &Tensor) -> Result<Option<Arc<Weight16>>> {
-    if !zoetrope_kernels::conv::amx_conv_available()
+    if !zoetrope_kernels::conv::bf16_conv_available()
         || !weight.device().is_cpu()
         || weight.dtype() != DType::F32
         || weight.track_op()
@@ -1038,7 +1039,7 @@ pub fn pack_conv_bf16(weight: &Tensor) -> Result<Option<Arc<Weight16>>> {
 }
 
 /// Layers whose convolutions can take bf16 products (inputs and weights rounded to bf16,
-/// f32 sums and activations) on AMX: the speed of bf16 with f32 everywhere else.
+/// f32 sums and activations) on AMX or AVX-512 BF16: the speed of bf16 with f32 everywhere else.
 pub trait Bf16Products {
     fn set_bf16_products(&mut self, on: bool) -> Result<()>;
 }

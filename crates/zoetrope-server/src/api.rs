@@ -762,16 +762,9 @@ async fn queue(st: &AppState, key: &str, p: Pending) -> Result<Response, ApiErro
             Some("mode"),
         ));
     }
-    let pending = st.inner.store.pending_for_key(key).await?;
-    if pending >= st.inner.limits.max_pending_per_key {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            Some("rate_limit_exceeded"),
-            format!(
-                "this key has {pending} videos queued or running, the most allowed: wait for one to finish"
-            ),
-        ));
+    // Checked again, atomically, when the row is inserted; this spares writing the uploads.
+    if st.inner.store.pending_for_key(key).await? >= st.inner.limits.max_pending_per_key {
+        return Err(too_many(st.inner.limits.max_pending_per_key));
     }
     let id = new_id();
     let dir = st.inner.queue.video_dir(&id);
@@ -834,24 +827,40 @@ async fn queue(st: &AppState, key: &str, p: Pending) -> Result<Response, ApiErro
     let row = st
         .inner
         .store
-        .insert_video(&NewVideo {
-            id: &id,
-            key_id: key,
-            model: &installed.name,
-            prompt: &p.spec.prompt,
-            size: &size,
-            seconds: &seconds,
-            spec: &spec_json,
-            remixed_from: p.remixed_from.as_deref(),
-        })
+        .insert_video(
+            &NewVideo {
+                id: &id,
+                key_id: key,
+                model: &installed.name,
+                prompt: &p.spec.prompt,
+                size: &size,
+                seconds: &seconds,
+                spec: &spec_json,
+                remixed_from: p.remixed_from.as_deref(),
+            },
+            st.inner.limits.max_pending_per_key,
+        )
         .await;
     match row {
-        Ok(row) => Ok(with_poll_header(Json(video_json(&row)).into_response())),
+        Ok(Some(row)) => Ok(with_poll_header(Json(video_json(&row)).into_response())),
+        Ok(None) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(too_many(st.inner.limits.max_pending_per_key))
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(e.into())
         }
     }
+}
+
+fn too_many(limit: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        Some("rate_limit_exceeded"),
+        format!("this key has {limit} videos queued or running, the most allowed: wait for one to finish"),
+    )
 }
 
 async fn own_video(st: &AppState, key: &str, id: &str) -> Result<VideoRow, ApiError> {

@@ -282,11 +282,28 @@ impl Store {
 
     // ---- videos (API side) ----
 
-    pub async fn insert_video(&self, v: &NewVideo<'_>) -> Result<VideoRow, ServerError> {
+    /// Queues a video unless its key already has `max_pending` queued or running (then
+    /// `None`). The count and the insert are one statement (SQLite runs one writer at a time);
+    /// on Postgres a per-key advisory lock orders concurrent inserts of one key.
+    pub async fn insert_video(
+        &self,
+        v: &NewVideo<'_>,
+        max_pending: i64,
+    ) -> Result<Option<VideoRow>, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1)) IS NULL AS locked")
+                .bind(v.key_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         let row = sqlx::query(&format!(
             "INSERT INTO videos (id, key_id, created_ms, status, model, prompt, size, seconds, spec, \
              remixed_from, progress, attempts) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, 0) RETURNING {VIDEO_COLUMNS}"
+             SELECT $1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, 0 \
+             WHERE (SELECT COUNT(*) FROM videos WHERE key_id = $2 \
+                    AND status IN ('queued', 'in_progress')) < $10 \
+             RETURNING {VIDEO_COLUMNS}"
         ))
         .bind(v.id)
         .bind(v.key_id)
@@ -297,9 +314,11 @@ impl Store {
         .bind(v.seconds)
         .bind(v.spec)
         .bind(v.remixed_from)
-        .fetch_one(&self.pool)
+        .bind(max_pending)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(VideoRow::from_row(&row)?)
+        tx.commit().await?;
+        Ok(row.as_ref().map(VideoRow::from_row).transpose()?)
     }
 
     /// A key's video (None for another key's: the API answers 404 for both).
@@ -638,7 +657,10 @@ mod tests {
     #[tokio::test]
     async fn a_lost_lease_is_claimed_again_and_the_old_worker_cannot_complete() {
         let (_d, s) = store().await;
-        s.insert_video(&new_video("v1", "k")).await.unwrap();
+        s.insert_video(&new_video("v1", "k"), 10)
+            .await
+            .unwrap()
+            .unwrap();
         let short = Duration::from_millis(1);
         let Claim::Job(a) = s.claim("a", short, 3).await.unwrap() else {
             panic!("nothing claimed")
@@ -669,7 +691,10 @@ mod tests {
     #[tokio::test]
     async fn a_job_out_of_attempts_fails_with_the_reason() {
         let (_d, s) = store().await;
-        s.insert_video(&new_video("v1", "k")).await.unwrap();
+        s.insert_video(&new_video("v1", "k"), 10)
+            .await
+            .unwrap()
+            .unwrap();
         for _ in 0..2 {
             assert!(matches!(
                 s.claim("w", Duration::ZERO, 2).await.unwrap(),
@@ -693,11 +718,26 @@ mod tests {
     async fn pages_follow_each_other_without_gaps_or_repeats() {
         let (_d, s) = store().await;
         for i in 0..7 {
-            s.insert_video(&new_video(&format!("v{i}"), "k"))
+            s.insert_video(&new_video(&format!("v{i}"), "k"), 100)
                 .await
+                .unwrap()
                 .unwrap();
         }
-        s.insert_video(&new_video("other", "k2")).await.unwrap();
+        s.insert_video(&new_video("other", "k2"), 100)
+            .await
+            .unwrap()
+            .unwrap();
+        // The per-key limit counts queued and running jobs only.
+        assert!(s
+            .insert_video(&new_video("over", "k"), 7)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .insert_video(&new_video("ok", "k2"), 2)
+            .await
+            .unwrap()
+            .is_some());
         for desc in [false, true] {
             let mut seen = Vec::new();
             let mut after: Option<VideoRow> = None;
