@@ -128,6 +128,9 @@ fn main() -> Result<()> {
         }
     }
     if component == "gemm" {
+        // Right after the runs the pool's threads still spin for work and would take the
+        // probe's cores (it read half the peak on a 2-core AMD EPYC): let them fall asleep.
+        std::thread::sleep(std::time::Duration::from_millis(500));
         let threads = candle_core::utils::get_num_threads();
         if let Some(peak) = zoetrope_kernels::peak::fma_peak_gflops(threads, 500) {
             println!("PEAK f32-fma {threads} {peak:.1}");
