@@ -413,6 +413,34 @@ fn interleave_channels(
 /// Columns of C per AMX task (two 32-column tile pairs).
 const NB16: usize = 64;
 
+/// Per step of the direct convolution (tap-major, then 32-channel chunk), where its B rows start
+/// (u16 index, before the column): 16 channel pairs from pair 16·chunk, shifted by the tap. Checks
+/// that every read stays inside the interleaved input and every write inside C.
+fn step_starts(
+    w: &Weight16,
+    x: &Interleaved,
+    frame: usize,
+    offsets: &[usize],
+    n: usize,
+    c: &[f32],
+    ldc: usize,
+) -> Vec<usize> {
+    assert!(ldc >= n && ldc.is_multiple_of(2 * TILE) && c.len() >= w.mpanels * TILE * ldc);
+    assert_eq!(offsets.len(), w.taps, "conv3d: one offset per tap");
+    // The farthest row read ends at position frame + max offset + ldc of a pair's row.
+    let reach = frame + offsets.iter().max().copied().unwrap_or(0) + ldc;
+    assert!(
+        reach <= x.len && x.data.len() >= 2 * w.cchunks * TILE * x.len,
+        "conv3d: interleaved input too short"
+    );
+    (0..w.taps * w.cchunks)
+        .map(|st| {
+            let (tap, cc) = (st / w.cchunks, st % w.cchunks);
+            2 * (cc * TILE * x.len + frame + offsets[tap])
+        })
+        .collect()
+}
+
 /// One output frame of the direct convolution on AMX: `C[cout × n] += W ⊛ x` with B tiles read
 /// straight from the interleaved input at each tap's offset (no im2col packing at all). `frame`
 /// is the first input position of the frame; `offsets[tap]` the tap's shift `dt·plane + dy·wp +
@@ -427,23 +455,8 @@ fn amx_direct(
     ldc: usize,
 ) {
     use crate::gemm_bf16::amx;
-    assert!(ldc >= n && ldc.is_multiple_of(2 * TILE) && c.len() >= w.mpanels * TILE * ldc);
-    assert_eq!(offsets.len(), w.taps, "conv3d: one offset per tap");
-    let steps = w.taps * w.cchunks;
-    // Per step, where its B tile starts (u16 index, before the column): 16 channel pairs from
-    // pair 16·c, shifted by the tap.
-    let starts: Vec<usize> = (0..steps)
-        .map(|st| {
-            let (tap, cc) = (st / w.cchunks, st % w.cchunks);
-            2 * (cc * TILE * x.len + frame + offsets[tap])
-        })
-        .collect();
-    // The farthest tile row read ends at position frame + max offset + ldc of a pair's row.
-    let reach = frame + offsets.iter().max().copied().unwrap_or(0) + ldc;
-    assert!(
-        reach <= x.len && x.data.len() >= 2 * w.cchunks * TILE * x.len,
-        "conv3d: interleaved input too short"
-    );
+    let starts = step_starts(w, x, frame, offsets, n, c, ldc);
+    let steps = starts.len();
     let cptr = SharedF32(c.as_mut_ptr());
     let atiles = w.tiles.slice::<u16>(w.mpanels * steps * TILE_ELEMS);
     let blocks = n.div_ceil(NB16);
@@ -507,20 +520,8 @@ fn dot_direct(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(ldc >= n && ldc.is_multiple_of(2 * TILE) && c.len() >= w.mpanels * TILE * ldc);
-    assert_eq!(offsets.len(), w.taps, "conv3d: one offset per tap");
-    let steps = w.taps * w.cchunks;
-    let starts: Vec<usize> = (0..steps)
-        .map(|st| {
-            let (tap, cc) = (st / w.cchunks, st % w.cchunks);
-            2 * (cc * TILE * x.len + frame + offsets[tap])
-        })
-        .collect();
-    let reach = frame + offsets.iter().max().copied().unwrap_or(0) + ldc;
-    assert!(
-        reach <= x.len && x.data.len() >= 2 * w.cchunks * TILE * x.len,
-        "conv3d: interleaved input too short"
-    );
+    let starts = step_starts(w, x, frame, offsets, n, c, ldc);
+    let steps = starts.len();
     let cptr = SharedF32(c.as_mut_ptr());
     let atiles = w.tiles.slice::<u16>(w.mpanels * steps * TILE_ELEMS);
     // Rows are only as many as the weight has (in blocks of 8), not the AMX padding.

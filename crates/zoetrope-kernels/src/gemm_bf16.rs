@@ -468,22 +468,8 @@ fn run_packed<A: ToBf16, C: FromF32>(
     let bpack = b.tiles();
 
     let mpairs = mpanels / 2;
-    let npairs = b.panels / 2;
-    let nblocks = (n.div_ceil(NBLOCK)).max(1);
-    let pairs_per_nblock = NBLOCK / (2 * TILE);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mpairs);
-    let pairs_per_mgroup = mpairs.div_ceil(mgroups);
-    let mgroups = mpairs.div_ceil(pairs_per_mgroup);
     let cptr = SharedMut(c.as_mut_ptr());
-    let task = |t: usize| {
-        let (nb, mg) = (t / mgroups, t % mgroups);
-        let np = nb * pairs_per_nblock..((nb + 1) * pairs_per_nblock).min(npairs);
-        let mp = mg * pairs_per_mgroup..((mg + 1) * pairs_per_mgroup).min(mpairs);
+    for_each_block(mpairs, b.panels / 2, n, parallel, |mp, np| {
         // SAFETY: AMX is available and permitted (checked above); the task writes only C's
         // rows of `mp` × columns of `np`, disjoint from every other task's.
         unsafe {
@@ -502,28 +488,46 @@ fn run_packed<A: ToBf16, C: FromF32>(
                             128,
                             false,
                         );
-                        store_rows(
-                            &acc,
-                            2 * TILE,
-                            2 * TILE,
-                            i * 2 * TILE,
-                            j * 2 * TILE,
-                            m,
-                            n,
-                            cptr,
-                            ldc,
-                            bias,
-                            act,
-                        );
+                        let (i0, j0) = (i * 2 * TILE, j * 2 * TILE);
+                        store_rows(&acc, 2 * TILE, 2 * TILE, i0, j0, m, n, cptr, ldc, bias, act);
                     }
                 }
             })
         }
+    });
+}
+
+/// Cuts C into tasks for the pool: `mrows` row units (panels) by `ncols` units of 32 columns
+/// (pairs of 16-column B panels); a task takes `NBLOCK` columns (kept in L2 while it runs over
+/// its rows) and a share of the rows, about four tasks per thread in all, and gets its ranges
+/// of units.
+fn for_each_block(
+    mrows: usize,
+    ncols: usize,
+    n: usize,
+    parallel: bool,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    let nblocks = n.div_ceil(NBLOCK).max(1);
+    let cols_per_nblock = NBLOCK / (2 * TILE);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mrows.max(1));
+    let rows_per_mgroup = mrows.div_ceil(mgroups).max(1);
+    let mgroups = mrows.div_ceil(rows_per_mgroup);
+    let run = |t: usize| {
+        let (nb, mg) = (t / mgroups, t % mgroups);
+        let np = nb * cols_per_nblock..((nb + 1) * cols_per_nblock).min(ncols);
+        let mp = mg * rows_per_mgroup..((mg + 1) * rows_per_mgroup).min(mrows);
+        task(mp, np)
     };
     if parallel {
-        (0..nblocks * mgroups).into_par_iter().for_each(task);
+        (0..nblocks * mgroups).into_par_iter().for_each(run);
     } else {
-        (0..nblocks * mgroups).for_each(task);
+        (0..nblocks * mgroups).for_each(run);
     }
 }
 
@@ -613,7 +617,9 @@ mod dot {
 
     use rayon::prelude::*;
 
-    use super::{store_rows, FromF32, PackedB, SharedMut, ToBf16, KSTEP, NBLOCK, TILE, TILE_ELEMS};
+    use super::{
+        for_each_block, store_rows, FromF32, PackedB, SharedMut, ToBf16, KSTEP, TILE, TILE_ELEMS,
+    };
     use crate::buf::{with_scratch, AlignedBuf};
     use crate::gemm_bf16::Activation;
 
@@ -672,22 +678,8 @@ mod dot {
             let apack: &[u32] = apack;
             let bpack = b.tiles();
             let panel_len = b.kchunks * TILE_ELEMS;
-            let npairs = b.panels / 2;
-            let nblocks = n.div_ceil(NBLOCK).max(1);
-            let pairs_per_nblock = NBLOCK / NR;
-            let threads = if parallel {
-                rayon::current_num_threads()
-            } else {
-                1
-            };
-            let mgroups = (4 * threads).div_ceil(nblocks).clamp(1, mpanels);
-            let panels_per_mgroup = mpanels.div_ceil(mgroups);
-            let mgroups = mpanels.div_ceil(panels_per_mgroup);
             let cptr = SharedMut(c.as_mut_ptr());
-            let task = |t: usize| {
-                let (nb, mg) = (t / mgroups, t % mgroups);
-                let np = nb * pairs_per_nblock..((nb + 1) * pairs_per_nblock).min(npairs);
-                let mp = mg * panels_per_mgroup..((mg + 1) * panels_per_mgroup).min(mpanels);
+            for_each_block(mpanels, b.panels / 2, n, parallel, |mp, np| {
                 let mut acc = [0f32; MR * NR];
                 for i in mp.clone() {
                     for j in np.clone() {
@@ -701,16 +693,12 @@ mod dot {
                                 bpack.as_ptr().add((2 * j + 1) * panel_len),
                                 &mut acc,
                             );
-                            store_rows(&acc, NR, MR, i * MR, j * NR, m, n, cptr, ldc, bias, act);
+                            let (i0, j0) = (i * MR, j * NR);
+                            store_rows(&acc, NR, MR, i0, j0, m, n, cptr, ldc, bias, act);
                         }
                     }
                 }
-            };
-            if parallel {
-                (0..nblocks * mgroups).into_par_iter().for_each(task);
-            } else {
-                (0..nblocks * mgroups).for_each(task);
-            }
+            });
         })
     }
 

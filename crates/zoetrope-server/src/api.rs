@@ -419,6 +419,26 @@ struct Pending {
 }
 
 impl Pending {
+    /// A request's common fields, its mode and uploads, and the sampling extras.
+    fn from_request(
+        model: &str,
+        c: spec::Common,
+        mode: ModeSpec,
+        uploads: Vec<(String, Vec<u8>)>,
+        f: &Fields,
+    ) -> Result<Self, ApiError> {
+        let mut p = Self::new(
+            model.to_string(),
+            c.prompt,
+            c.seed.unwrap_or_else(rand::random),
+            mode,
+        );
+        p.uploads = uploads;
+        p.spec.size = c.size;
+        spec::sampling(f, &mut p.spec)?;
+        Ok(p)
+    }
+
     fn new(model: String, prompt: String, seed: u64, mode: ModeSpec) -> Self {
         Self {
             model,
@@ -518,6 +538,31 @@ async fn completed_video(
     Ok(row)
 }
 
+/// The `video` of `/videos/edits` and `/videos/extensions`: an uploaded clip, or
+/// `{"id": …}` of a completed video.
+async fn clip_to_change(
+    st: &AppState,
+    key: &str,
+    f: &Fields,
+    uploads: &mut Vec<(String, Vec<u8>)>,
+) -> Result<InputVideo, ApiError> {
+    let video = source_video(
+        st,
+        key,
+        f,
+        &["video[id]"],
+        Some("video"),
+        uploads,
+        "input-video",
+    )
+    .await?;
+    required(
+        video,
+        "video",
+        "'video' is required: an uploaded clip or {\"id\": …} of a completed video",
+    )
+}
+
 fn required<T>(v: Option<T>, param: &str, message: &str) -> Result<T, ApiError> {
     v.ok_or_else(|| ApiError::bad(message, Some(param)))
 }
@@ -595,16 +640,9 @@ async fn create(
             ))
         }
     };
-    let mut p = Pending::new(
-        installed.name.clone(),
-        c.prompt,
-        c.seed.unwrap_or_else(rand::random),
-        mode,
-    );
-    p.uploads = uploads;
-    p.spec.size = c.size;
-    spec::sampling(&f, &mut p.spec)?;
-    p.spec.set_seconds(c.seconds, &installed.info);
+    let seconds = c.seconds;
+    let mut p = Pending::from_request(&installed.name, c, mode, uploads, &f)?;
+    p.spec.set_seconds(seconds, &installed.info);
     queue(&st, &key, p).await
 }
 
@@ -618,34 +656,12 @@ async fn edit(
     let c = spec::common(&f, st.inner.limits.max_prompt_bytes)?;
     let installed = pick_model(&st, c.model.as_deref())?;
     let mut uploads = Vec::new();
-    let video = source_video(
-        &st,
-        &key,
-        &f,
-        &["video[id]"],
-        Some("video"),
-        &mut uploads,
-        "input-video",
-    )
-    .await?;
-    let video = required(
-        video,
-        "video",
-        "'video' is required: an uploaded clip or {\"id\": …} of a completed video",
-    )?;
+    let video = clip_to_change(&st, &key, &f, &mut uploads).await?;
     let mode = ModeSpec::Edit {
         video,
         strength: spec::strength(&f)?,
     };
-    let mut p = Pending::new(
-        installed.name.clone(),
-        c.prompt,
-        c.seed.unwrap_or_else(rand::random),
-        mode,
-    );
-    p.uploads = uploads;
-    p.spec.size = c.size;
-    spec::sampling(&f, &mut p.spec)?;
+    let p = Pending::from_request(&installed.name, c, mode, uploads, &f)?;
     queue(&st, &key, p).await
 }
 
@@ -663,21 +679,7 @@ async fn extend(
         "'seconds' is required: the length of the new part",
     )?;
     let mut uploads = Vec::new();
-    let video = source_video(
-        &st,
-        &key,
-        &f,
-        &["video[id]"],
-        Some("video"),
-        &mut uploads,
-        "input-video",
-    )
-    .await?;
-    let video = required(
-        video,
-        "video",
-        "'video' is required: an uploaded clip or {\"id\": …} of a completed video",
-    )?;
+    let video = clip_to_change(&st, &key, &f, &mut uploads).await?;
     // An extension runs on the model that made its source, unless told otherwise.
     let source_model = match &video {
         InputVideo::Video { id } => st.inner.store.video(&key, id).await?.map(|v| v.model),
@@ -688,14 +690,7 @@ async fn extend(
         video,
         backward: spec::boolean(&f, "backward")?,
     };
-    let mut p = Pending::new(
-        installed.name.clone(),
-        c.prompt,
-        c.seed.unwrap_or_else(rand::random),
-        mode,
-    );
-    p.uploads = uploads;
-    spec::sampling(&f, &mut p.spec)?;
+    let mut p = Pending::from_request(&installed.name, c, mode, uploads, &f)?;
     p.spec.set_seconds(Some(seconds), &installed.info);
     queue(&st, &key, p).await
 }
