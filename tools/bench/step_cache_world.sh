@@ -15,6 +15,8 @@
 #                         the order reversed every other round so machine noise hits them alike
 #   LIMIT [22]            prompts per timing run (seeds 0..LIMIT-1)
 #   WORK [target/step-cache-world]   where the JSON reports go
+#   SKIP_SCORING [unset]  set to 1 to time again and reuse WORK's score files (scores depend only
+#                         on the weights and seeds, so a re-timing on a quieter machine keeps them)
 #
 # Scores and skipped steps do not depend on the machine's load (the clips depend only on the
 # weights and seeds); times do, so they come from the alternating rounds: the median over rounds
@@ -47,6 +49,7 @@ for round in $(seq 1 "$ROUNDS"); do
     LOADS="$LOADS; $(load)"
 done
 for seed in $SEED_SETS; do
+    [ "${SKIP_SCORING:-}" = 1 ] && break
     for v in $VARIANTS; do
         # shellcheck disable=SC2046
         "$Z" eval model --seed "$seed" $(cache_args "$v") --json >"$WORK/score-$v-seed$seed.json" \
