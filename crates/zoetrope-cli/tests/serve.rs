@@ -248,10 +248,8 @@ fn wait_running(addr: SocketAddr, key: &str, ids: &[String]) -> String {
 
 /// A check whose parts are missing: a failure under CI, a notice elsewhere.
 fn skip(what: &str, install: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run the {what} check: {install}"
-    );
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(!ci, "CI must run the {what} check: {install}");
     eprintln!("skipped: {what} is not available ({install})");
 }
 
