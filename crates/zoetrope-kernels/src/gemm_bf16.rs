@@ -453,17 +453,7 @@ fn run_packed<A: ToBf16, C: FromF32>(
             }
         }
     };
-    if parallel {
-        apack
-            .par_chunks_mut((kchunks * TILE_ELEMS).max(1))
-            .enumerate()
-            .for_each(pack_panel);
-    } else {
-        apack
-            .chunks_mut((kchunks * TILE_ELEMS).max(1))
-            .enumerate()
-            .for_each(pack_panel);
-    }
+    for_each_panel(apack, kchunks * TILE_ELEMS, parallel, pack_panel);
     let apack: &[u16] = apack;
     let bpack = b.tiles();
 
@@ -495,6 +485,20 @@ fn run_packed<A: ToBf16, C: FromF32>(
             })
         }
     });
+}
+
+/// Runs `f((index, panel))` on every `len`-long panel of `buf`, on the pool or on this thread.
+fn for_each_panel<T: Send>(
+    buf: &mut [T],
+    len: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    if parallel {
+        buf.par_chunks_mut(len.max(1)).enumerate().for_each(f);
+    } else {
+        buf.chunks_mut(len.max(1)).enumerate().for_each(f);
+    }
 }
 
 /// Cuts C into tasks for the pool: `mrows` row units (panels) by `ncols` units of 32 columns
@@ -615,16 +619,15 @@ fn fallback<A: ToBf16, C: FromF32>(
 mod dot {
     use std::arch::x86_64::*;
 
-    use rayon::prelude::*;
-
     use super::{
-        for_each_block, store_rows, FromF32, PackedB, SharedMut, ToBf16, KSTEP, TILE, TILE_ELEMS,
+        for_each_block, for_each_panel, store_rows, FromF32, PackedB, SharedMut, ToBf16, KSTEP,
+        TILE, TILE_ELEMS,
     };
     use crate::buf::{with_scratch, AlignedBuf};
     use crate::gemm_bf16::Activation;
 
     /// Rows of C per micro-kernel call.
-    pub(super) const MR: usize = 14;
+    const MR: usize = 14;
     /// Columns of C per call: two B panels.
     const NR: usize = 2 * TILE;
 
@@ -664,17 +667,7 @@ mod dot {
                     }
                 }
             };
-            if parallel {
-                apack
-                    .par_chunks_mut((pairs * MR).max(1))
-                    .enumerate()
-                    .for_each(pack_panel);
-            } else {
-                apack
-                    .chunks_mut((pairs * MR).max(1))
-                    .enumerate()
-                    .for_each(pack_panel);
-            }
+            for_each_panel(apack, pairs * MR, parallel, pack_panel);
             let apack: &[u32] = apack;
             let bpack = b.tiles();
             let panel_len = b.kchunks * TILE_ELEMS;
